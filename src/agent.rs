@@ -1,0 +1,211 @@
+//! The agent's main loop: starts the worker threads, then reacts to a closed
+//! set of [`Event`]s until it is told to stop, and stops everything in order.
+//!
+//! Worker threads never decide the fate of the process themselves; they send
+//! an event here. That keeps every exit path (signal, rejected key) going
+//! through the same shutdown sequence of PROTOCOL.md section 8.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::error::{EXIT_CONFIG, Error, Result};
+use crate::health::Responder;
+use crate::heartbeat::Heartbeat;
+use crate::manager::{Capabilities, Manager};
+use crate::metrics::Sampler;
+use crate::state::StateDir;
+use crate::stop::Stop;
+use crate::telemetry::{Telemetry, Worker};
+
+/// Everything the main loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// SIGTERM or SIGINT: stop cleanly.
+    Shutdown { signal: &'static str },
+    /// The manager accepted this instance.
+    Registered { agent_id: String },
+    /// The manager refused the key at registration: stop, exit 78.
+    KeyRejected { status: u16 },
+}
+
+/// How often the main loop wakes up with nothing to do (watchdog, status).
+const TICK: Duration = Duration::from_millis(500);
+/// How long shutdown waits for worker threads before exiting anyway.
+const JOIN_GRACE: Duration = Duration::from_secs(1);
+
+pub fn run(config: Config) -> Result<i32> {
+    let started = Instant::now();
+    let state = StateDir::open(&config.state_dir)?;
+    let (events, inbox) = mpsc::channel();
+    spawn_signal_thread(events.clone())?;
+
+    let telemetry = Arc::new(Telemetry::new(
+        crate::ids::new_uuid(),
+        config.agent_name.clone(),
+        config.manager_url.clone(),
+        config.heartbeat_interval,
+        config.poll_wait,
+        config.pushgateway_url.clone(),
+    ));
+    let stop = Stop::new();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+
+    // The responder first: /health and /ready should answer as early as
+    // possible, and a port conflict should fail before anything else starts.
+    let mut listening = None;
+    if let Some(addr) = config.http_addr {
+        let responder = Responder::bind(addr, telemetry.clone(), stop.clone())?;
+        listening = responder.local_addr();
+        threads.push(spawn("health", move || responder.run())?);
+    }
+
+    {
+        let telemetry = telemetry.clone();
+        let stop = stop.clone();
+        threads.push(spawn("metrics", move || metrics_loop(&telemetry, &stop))?);
+    }
+
+    let where_ = listening
+        .map(|a| format!("health responder on http://{a}"))
+        .unwrap_or_else(|| "health responder off".into());
+    match &config.manager_url {
+        None => log::info!(
+            "outpost {} started in manager-less mode (no OUTPOST_MANAGER_URL); {where_}; state in {}",
+            env!("CARGO_PKG_VERSION"),
+            state.root().display()
+        ),
+        Some(url) => {
+            log::info!(
+                "outpost {} started for manager {url} as {}; {where_}; state in {}",
+                env!("CARGO_PKG_VERSION"),
+                config.agent_name,
+                state.root().display()
+            );
+            let heartbeat = Heartbeat {
+                manager: Manager::new(&config)?,
+                telemetry: telemetry.clone(),
+                state: StateDir::open(&config.state_dir)?,
+                events: events.clone(),
+                stop: stop.clone(),
+                capabilities: capabilities_of(&config),
+            };
+            threads.push(spawn("heartbeat", move || heartbeat.run())?);
+        }
+    }
+    log::debug!("started in {:?}", started.elapsed());
+
+    let exit_code = main_loop(&inbox, &telemetry);
+    shutdown(&telemetry, &stop, threads);
+    Ok(exit_code)
+}
+
+/// The one loop that decides what the process does next.
+fn main_loop(inbox: &mpsc::Receiver<Event>, telemetry: &Telemetry) -> i32 {
+    loop {
+        telemetry.progress(Worker::Main, TICK * 4);
+        match inbox.recv_timeout(TICK) {
+            Ok(Event::Shutdown { signal }) => {
+                log::info!("{signal} received: stopping");
+                return 0;
+            }
+            Ok(Event::Registered { agent_id }) => {
+                log::debug!("session established as {agent_id}");
+            }
+            Ok(Event::KeyRejected { status }) => {
+                log::error!("{}", Error::KeyRejected { status });
+                return EXIT_CONFIG;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            // Impossible while `run` holds a sender; stop rather than spin.
+            Err(RecvTimeoutError::Disconnected) => return 1,
+        }
+        if let Some(worker) = telemetry.stalled_worker() {
+            log::warn!("the {} thread has stopped making progress", worker.label());
+        }
+    }
+}
+
+/// Section 8: stop claiming, stop children, record states, drain, exit.
+fn shutdown(telemetry: &Telemetry, stop: &Stop, threads: Vec<JoinHandle<()>>) {
+    telemetry.stopping.store(true, Ordering::Relaxed);
+    stop.request();
+    let deadline = Instant::now() + JOIN_GRACE;
+    for handle in threads {
+        // A thread stuck in a blocking call (an HTTP request in flight) is
+        // left behind: the process exits around it.
+        while !handle.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
+        }
+    }
+    log::info!("stopped");
+}
+
+fn metrics_loop(telemetry: &Telemetry, stop: &Stop) {
+    let mut sampler = Sampler::new("/");
+    loop {
+        let interval = telemetry.session().heartbeat_interval;
+        telemetry.progress(Worker::Metrics, interval + Duration::from_secs(10));
+        telemetry.set_snapshot(sampler.sample());
+        if stop.wait(interval) {
+            break;
+        }
+    }
+    telemetry.retire(Worker::Metrics);
+}
+
+/// The first SIGTERM or SIGINT asks for a clean stop; a second one exits at
+/// once (section 8).
+fn spawn_signal_thread(events: Sender<Event>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| Error::Internal {
+            what: "signal handling",
+            message: e.to_string(),
+        })?;
+    let seen = AtomicU32::new(0);
+    spawn("signals", move || {
+        for signal in signals.forever() {
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            if seen.fetch_add(1, Ordering::SeqCst) > 0 {
+                log::warn!("second {name}: exiting at once");
+                std::process::exit(1);
+            }
+            let _ = events.send(Event::Shutdown { signal: name });
+        }
+    })?;
+    Ok(())
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(256 * 1024)
+        .spawn(body)
+        .map_err(|e| Error::Internal {
+            what: "thread start",
+            message: format!("{name}: {e}"),
+        })
+}
+
+/// What this agent can do, as register announces it. No task types yet:
+/// this build runs none, and saying otherwise would invite tasks it would
+/// have to reject.
+fn capabilities_of(config: &Config) -> Capabilities {
+    Capabilities {
+        task_types: Vec::new(),
+        iperf3_version: None,
+        collector_available: false,
+        max_concurrent_tasks: config.max_tasks,
+    }
+}

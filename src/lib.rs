@@ -1,0 +1,60 @@
+//! outpost: a small, synchronous fleet agent.
+//!
+//! `main.rs` only calls [`run`]; everything else is this library, so the
+//! integration tests drive the same code the binary runs. See
+//! ARCHITECTURE.md for the map.
+
+pub mod agent;
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod exposition;
+pub mod health;
+pub mod heartbeat;
+pub mod ids;
+pub mod logging;
+pub mod manager;
+pub mod metrics;
+pub mod state;
+pub mod stop;
+pub mod sysinfo;
+pub mod telemetry;
+
+use std::ffi::OsString;
+
+use config::Command;
+
+/// Runs the agent as the command line says and returns the exit status.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let inputs = config::Inputs::from_process(args);
+    match config::parse(&inputs) {
+        Err(e) => {
+            eprintln!("outpost: {e}");
+            e.exit_code()
+        }
+        Ok(Command::Help) => {
+            print!("{}", config::help());
+            0
+        }
+        Ok(Command::Version) => {
+            println!("outpost {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Ok(Command::CheckConfig(config)) => {
+            print!("{}", config.describe());
+            println!("configuration is valid");
+            0
+        }
+        Ok(Command::Run(config)) => {
+            logging::init(&config.log_level, config.log_format);
+            match agent::run(*config) {
+                Ok(code) => code,
+                Err(e) => {
+                    log::error!("{e}");
+                    e.exit_code()
+                }
+            }
+        }
+    }
+}

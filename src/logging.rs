@@ -1,0 +1,176 @@
+//! Log output: plain text, one JSON object a line, or journald-friendly
+//! lines with `<N>` priority prefixes when stderr is the journal.
+//!
+//! The HTTP and TLS crates are held at `info` whatever the level asked for:
+//! at `trace` they would print request headers, and one of those headers is
+//! the agent key.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+
+use log::{Level, LevelFilter};
+
+use crate::config::LogFormat;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Style {
+    Text,
+    Json,
+    Journal,
+}
+
+/// Installs the global logger. Safe to call more than once (later calls are
+/// ignored), which keeps tests simple.
+pub fn init(filter: &str, format: LogFormat) {
+    let style = match format {
+        LogFormat::Json => Style::Json,
+        LogFormat::Text if stderr_is_journal() => Style::Journal,
+        LogFormat::Text => Style::Text,
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(filter);
+    for (module, cap) in [
+        ("ureq", LevelFilter::Info),
+        ("ureq_proto", LevelFilter::Info),
+        ("rustls", LevelFilter::Warn),
+    ] {
+        builder.filter_module(module, cap.min(max_level(filter)));
+    }
+    builder.format(move |out, record| match style {
+        Style::Text => writeln!(
+            out,
+            "{} {:<5} {}{}",
+            crate::clock::rfc3339_millis(std::time::SystemTime::now()),
+            record.level(),
+            record.args(),
+            fields_text(record)
+        ),
+        Style::Journal => writeln!(
+            out,
+            "<{}>{}{}",
+            syslog_priority(record.level()),
+            record.args(),
+            fields_text(record)
+        ),
+        Style::Json => writeln!(out, "{}", json_line(record)),
+    });
+    builder.write_style(env_logger::WriteStyle::Never);
+    let _ = builder.try_init();
+}
+
+/// The most verbose level the filter enables anywhere.
+fn max_level(filter: &str) -> LevelFilter {
+    filter
+        .split(',')
+        .map(|d| {
+            d.rsplit('=')
+                .next()
+                .unwrap_or(d)
+                .trim()
+                .parse::<LevelFilter>()
+        })
+        .filter_map(Result::ok)
+        .max()
+        .unwrap_or(LevelFilter::Info)
+}
+
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// systemd sets `JOURNAL_STREAM=dev:inode` for a service whose stderr is the
+/// journal; it only counts while stderr is still that very stream.
+fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr().as_fd()) {
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
+        Err(_) => false,
+    }
+}
+
+struct Collect(Vec<(String, String)>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Collect {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        self.0.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+}
+
+fn fields(record: &log::Record) -> Vec<(String, String)> {
+    let mut collect = Collect(Vec::new());
+    let _ = record.key_values().visit(&mut collect);
+    collect.0
+}
+
+fn fields_text(record: &log::Record) -> String {
+    fields(record)
+        .into_iter()
+        .map(|(k, v)| format!(" {k}={v}"))
+        .collect()
+}
+
+fn json_line(record: &log::Record) -> String {
+    let mut object = serde_json::Map::new();
+    object.insert(
+        "timestamp".into(),
+        crate::clock::rfc3339_millis(std::time::SystemTime::now()).into(),
+    );
+    object.insert(
+        "level".into(),
+        record.level().as_str().to_ascii_lowercase().into(),
+    );
+    object.insert("target".into(), record.target().into());
+    object.insert("message".into(), record.args().to_string().into());
+    for (key, value) in fields(record) {
+        object.entry(key).or_insert(value.into());
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_carry_fields() {
+        let kvs: &[(&str, &str)] = &[("task_id", "t-1")];
+        let record = log::Record::builder()
+            .args(format_args!("hello \"x\""))
+            .level(Level::Warn)
+            .target("outpost::tasks")
+            .key_values(&kvs)
+            .build();
+        let line = json_line(&record);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["message"], "hello \"x\"");
+        assert_eq!(v["task_id"], "t-1");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn priorities_and_levels() {
+        assert_eq!(syslog_priority(Level::Error), 3);
+        assert_eq!(syslog_priority(Level::Info), 6);
+        assert_eq!(max_level("info,outpost::manager=trace"), LevelFilter::Trace);
+        assert_eq!(max_level("warn"), LevelFilter::Warn);
+    }
+}

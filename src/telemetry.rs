@@ -1,0 +1,344 @@
+//! The agent's live view of itself: session facts, counters, the latest
+//! /proc snapshot and each thread's progress.
+//!
+//! Worker threads write here; the health responder, the Pushgateway push,
+//! sd_notify status lines and the watchdog read from here. Keeping it in one
+//! place means `/status`, `/metrics` and `systemctl status` can never
+//! disagree about what the agent is doing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::clock;
+use crate::exposition::{Exposition, Kind};
+use crate::manager::Endpoint;
+use crate::metrics::Snapshot;
+
+/// Facts about the manager session, changed together under one lock.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub agent_id: Option<String>,
+    /// Registered with this instance at least once (section 7: `/ready`
+    /// stays 200 through later outages).
+    pub registered: bool,
+    pub heartbeat_interval: Duration,
+    pub poll_wait: Duration,
+    pub pushgateway_url: Option<String>,
+    pub last_heartbeat_ok: Option<(Instant, SystemTime)>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+}
+
+/// The threads whose progress the systemd watchdog vouches for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Worker {
+    Main,
+    Heartbeat,
+    Metrics,
+    Health,
+}
+
+impl Worker {
+    pub const ALL: [Worker; 4] = [
+        Worker::Main,
+        Worker::Heartbeat,
+        Worker::Metrics,
+        Worker::Health,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Worker::Main => "main",
+            Worker::Heartbeat => "heartbeat",
+            Worker::Metrics => "metrics",
+            Worker::Health => "health",
+        }
+    }
+}
+
+pub struct Telemetry {
+    pub instance_id: String,
+    pub name: String,
+    pub manager_url: Option<String>,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    session: Mutex<Session>,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    pub heartbeats_sent: AtomicU64,
+    pub heartbeats_failed: AtomicU64,
+    pub registrations: AtomicU64,
+    manager_errors: [AtomicU64; 4],
+    pub http_requests: AtomicU64,
+    pub http_rejected: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub stopping: AtomicBool,
+    /// Per worker: milliseconds since `started` by which it promised to
+    /// report progress again; 0 = not running (not watched).
+    progress: [AtomicU64; 4],
+}
+
+impl Telemetry {
+    pub fn new(
+        instance_id: String,
+        name: String,
+        manager_url: Option<String>,
+        heartbeat_interval: Duration,
+        poll_wait: Duration,
+        pushgateway_url: Option<String>,
+    ) -> Telemetry {
+        Telemetry {
+            instance_id,
+            name,
+            manager_url,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            session: Mutex::new(Session {
+                agent_id: None,
+                registered: false,
+                heartbeat_interval,
+                poll_wait,
+                pushgateway_url,
+                last_heartbeat_ok: None,
+                last_error: None,
+                consecutive_failures: 0,
+            }),
+            snapshot: Mutex::new(None),
+            heartbeats_sent: AtomicU64::new(0),
+            heartbeats_failed: AtomicU64::new(0),
+            registrations: AtomicU64::new(0),
+            manager_errors: Default::default(),
+            http_requests: AtomicU64::new(0),
+            http_rejected: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            progress: Default::default(),
+        }
+    }
+
+    pub fn session(&self) -> MutexGuard<'_, Session> {
+        // A poisoned lock only means a panicking writer; the data is plain
+        // values and still usable.
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ready(&self) -> bool {
+        self.manager_url.is_none() || self.session().registered
+    }
+
+    pub fn set_snapshot(&self, snapshot: Snapshot) {
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(snapshot));
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn count_manager_error(&self, endpoint: Endpoint) {
+        self.manager_errors[endpoint as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn manager_errors(&self, endpoint: Endpoint) -> u64 {
+        self.manager_errors[endpoint as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// `worker` is alive and promises to call again within `within`.
+    pub fn progress(&self, worker: Worker, within: Duration) {
+        let deadline = self.started.elapsed() + within;
+        self.progress[worker as usize].store(deadline.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// `worker` has ended on purpose; the watchdog stops watching it.
+    pub fn retire(&self, worker: Worker) {
+        self.progress[worker as usize].store(0, Ordering::Relaxed);
+    }
+
+    /// The first worker that missed its promise, if any.
+    pub fn stalled_worker(&self) -> Option<Worker> {
+        let now = self.started.elapsed().as_millis() as u64;
+        Worker::ALL.into_iter().find(|w| {
+            let deadline = self.progress[*w as usize].load(Ordering::Relaxed);
+            deadline != 0 && now > deadline
+        })
+    }
+}
+
+impl Telemetry {
+    fn last_heartbeat_ago(&self, session: &Session) -> Option<f64> {
+        session
+            .last_heartbeat_ok
+            .map(|(at, _)| round2(at.elapsed().as_secs_f64()))
+    }
+
+    /// `/health`: the process serves; plus how long ago a heartbeat got
+    /// through, which is what an operator wants to know next.
+    pub fn health_json(&self) -> String {
+        let session = self.session();
+        let body = serde_json::json!({
+            "status": "ok",
+            "uptime_s": round2(self.uptime().as_secs_f64()),
+            "mode": if self.manager_url.is_some() { "manager" } else { "manager-less" },
+            "last_heartbeat_ok_ago_s": self.last_heartbeat_ago(&session),
+        });
+        format!("{body}\n")
+    }
+
+    /// `/status`: identity, manager connection, tasks, outbox.
+    pub fn status_json(&self) -> String {
+        let session = self.session().clone();
+        let body = serde_json::json!({
+            "name": self.name,
+            "version": env!("CARGO_PKG_VERSION"),
+            "instance_id": self.instance_id,
+            "agent_id": session.agent_id,
+            "started_at": clock::rfc3339(self.started_at),
+            "uptime_s": round2(self.uptime().as_secs_f64()),
+            "ready": self.ready(),
+            "stopping": self.stopping.load(Ordering::Relaxed),
+            "manager": {
+                "url": self.manager_url,
+                "registered": session.registered,
+                "heartbeat_interval_s": session.heartbeat_interval.as_secs_f64(),
+                "poll_wait_s": session.poll_wait.as_secs_f64(),
+                "pushgateway_url": session.pushgateway_url,
+                "last_heartbeat_ok_at": session.last_heartbeat_ok.map(|(_, at)| clock::rfc3339(at)),
+                "last_heartbeat_ok_ago_s": self.last_heartbeat_ago(&session),
+                "consecutive_failures": session.consecutive_failures,
+                "last_error": session.last_error,
+                "heartbeats_sent": self.heartbeats_sent.load(Ordering::Relaxed),
+                "heartbeats_failed": self.heartbeats_failed.load(Ordering::Relaxed),
+            },
+            "tasks": [],
+            "outbox": { "pending": 0 },
+        });
+        format!("{body}\n")
+    }
+
+    /// `/metrics` (and the Pushgateway body): agent series, then node series
+    /// from the latest snapshot.
+    pub fn render_metrics(&self) -> String {
+        let mut exp = Exposition::new();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        exp.family(
+            "outpost_build_info",
+            "Agent version; always 1.",
+            Kind::Gauge,
+        )
+        .sample(
+            "outpost_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        exp.single(
+            "outpost_uptime_seconds",
+            "Seconds since this agent instance started.",
+            Kind::Gauge,
+            self.uptime().as_secs_f64(),
+        );
+        let session = self.session().clone();
+        exp.single(
+            "outpost_registered",
+            "1 once this instance has registered with the manager.",
+            Kind::Gauge,
+            if session.registered { 1.0 } else { 0.0 },
+        );
+        exp.single(
+            "outpost_registrations_total",
+            "Successful registrations of this instance.",
+            Kind::Counter,
+            load(&self.registrations),
+        );
+        exp.single(
+            "outpost_heartbeats_sent_total",
+            "Heartbeats the manager acknowledged.",
+            Kind::Counter,
+            load(&self.heartbeats_sent),
+        );
+        exp.single(
+            "outpost_heartbeats_failed_total",
+            "Heartbeats that failed.",
+            Kind::Counter,
+            load(&self.heartbeats_failed),
+        );
+        if let Some(ago) = self.last_heartbeat_ago(&session) {
+            exp.single(
+                "outpost_last_heartbeat_success_age_seconds",
+                "Seconds since the last acknowledged heartbeat.",
+                Kind::Gauge,
+                ago,
+            );
+        }
+        exp.family(
+            "outpost_manager_errors_total",
+            "Failed manager calls by endpoint.",
+            Kind::Counter,
+        );
+        for endpoint in Endpoint::ALL {
+            exp.sample(
+                "outpost_manager_errors_total",
+                &[("endpoint", endpoint.label())],
+                self.manager_errors(endpoint) as f64,
+            );
+        }
+        exp.single(
+            "outpost_http_requests_total",
+            "Requests answered by the local responder.",
+            Kind::Counter,
+            load(&self.http_requests),
+        );
+        exp.single(
+            "outpost_http_connections_dropped_total",
+            "Unfinished responder connections dropped to admit new ones.",
+            Kind::Counter,
+            load(&self.http_rejected),
+        );
+        exp.single(
+            "outpost_snapshots_total",
+            "Metrics snapshots taken.",
+            Kind::Counter,
+            load(&self.snapshots),
+        );
+        if let Some(snapshot) = self.snapshot() {
+            snapshot.write_prometheus(&mut exp);
+        }
+        exp.finish()
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_promise_is_a_stall() {
+        let t = Telemetry::new(
+            "i".into(),
+            "n".into(),
+            None,
+            Duration::from_secs(5),
+            Duration::from_secs(25),
+            None,
+        );
+        assert_eq!(t.stalled_worker(), None);
+        t.progress(Worker::Heartbeat, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(t.stalled_worker(), Some(Worker::Heartbeat));
+        t.progress(Worker::Heartbeat, Duration::from_secs(60));
+        assert_eq!(t.stalled_worker(), None);
+        t.retire(Worker::Heartbeat);
+        assert_eq!(t.stalled_worker(), None);
+        assert!(t.ready(), "manager-less is ready at once");
+    }
+}

@@ -1,0 +1,448 @@
+//! Test harness: a fake manager (the other side of the protocol) on
+//! 127.0.0.1:0 and a handle on the real `outpost` binary, started with a
+//! clean environment in a temporary state directory.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const KEY: &str = "k3y-Sup3r-Secret-0f-edge17";
+
+/// One request the fake manager received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// Path without the base prefix and without the query.
+    pub path: String,
+    pub query: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+    pub at: Instant,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// What the fake manager answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![],
+            body: body.to_string(),
+        }
+    }
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: vec![],
+            body: String::new(),
+        }
+    }
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+type Script = Box<dyn FnMut(&Seen) -> Reply + Send>;
+
+pub struct FakeManager {
+    pub base: String,
+    prefix: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<Script>>,
+}
+
+/// The default manager: registers everyone as `a-test`, acknowledges the rest.
+pub fn default_reply(seen: &Seen) -> Reply {
+    match seen.path.as_str() {
+        "/v1/agent/register" => Reply::json(200, serde_json::json!({"agent_id": "a-test"})),
+        "/v1/agent/tasks/claim" => Reply::status(204),
+        _ => Reply::json(200, serde_json::json!({})),
+    }
+}
+
+impl FakeManager {
+    pub fn start() -> FakeManager {
+        FakeManager::with_prefix("")
+    }
+
+    /// A manager behind a path prefix (`https://host/outpost`).
+    pub fn with_prefix(prefix: &str) -> FakeManager {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake manager");
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(Box::new(default_reply)));
+        {
+            let seen = seen.clone();
+            let script = script.clone();
+            let prefix = prefix.to_string();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let seen = seen.clone();
+                    let script = script.clone();
+                    let prefix = prefix.clone();
+                    std::thread::spawn(move || serve(stream, &prefix, &seen, &script));
+                }
+            });
+        }
+        FakeManager {
+            base: format!("http://{addr}{prefix}"),
+            prefix: prefix.to_string(),
+            seen,
+            script,
+        }
+    }
+
+    pub fn set_script(&self, script: impl FnMut(&Seen) -> Reply + Send + 'static) {
+        *self.script.lock().unwrap() = Box::new(script);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn seen_at(&self, path: &str) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.path == path).collect()
+    }
+
+    /// Polls until `cond` holds for the requests seen so far.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&[Seen]) -> bool,
+    ) -> Vec<Seen> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.seen();
+            if cond(&seen) {
+                return seen;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; seen: {:#?}", summary(&seen));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn summary(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect()
+}
+
+fn serve(mut stream: TcpStream, prefix: &str, seen: &Mutex<Vec<Seen>>, script: &Mutex<Script>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (target.clone(), String::new()),
+        };
+        let path = path
+            .strip_prefix(prefix)
+            .unwrap_or("/wrong-prefix")
+            .to_string();
+        let request = Seen {
+            method,
+            path,
+            query,
+            headers,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            at: Instant::now(),
+        };
+        seen.lock().unwrap().push(request.clone());
+        let reply = (script.lock().unwrap())(&request);
+        let mut out = format!(
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n",
+            reply.status,
+            reply.body.len()
+        );
+        for (k, v) in &reply.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.push_str(&reply.body);
+        let _ = stream.write_all(out.as_bytes());
+        return;
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "outpost-it-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The real binary, running.
+pub struct Agent {
+    pub child: Child,
+    pub state: TempDir,
+    output: Arc<Mutex<String>>,
+    pub status: Option<ExitStatus>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_outpost")
+}
+
+/// A command for the binary with no ambient `OUTPOST_*` (or anything else)
+/// from the test runner's environment.
+pub fn command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.env_clear();
+    for keep in ["PATH", "HOME"] {
+        if let Ok(v) = std::env::var(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Agent {
+    /// Starts the agent with the responder on a free port and `env` on top.
+    pub fn start(env: &[(&str, &str)]) -> Agent {
+        Agent::start_in(TempDir::new("state"), env, &[])
+    }
+
+    pub fn with_manager(manager: &FakeManager, env: &[(&str, &str)]) -> Agent {
+        let mut all = vec![
+            ("OUTPOST_MANAGER_URL", manager.base.as_str()),
+            ("OUTPOST_AGENT_KEY", KEY),
+            ("OUTPOST_HEARTBEAT_INTERVAL", "200ms"),
+        ];
+        all.extend_from_slice(env);
+        Agent::start(&all)
+    }
+
+    pub fn start_in(state: TempDir, env: &[(&str, &str)], args: &[&str]) -> Agent {
+        let state_dir = state.path().join("state");
+        let mut all = vec![
+            ("OUTPOST_STATE_DIR", state_dir.to_str().unwrap()),
+            ("OUTPOST_HTTP_ADDR", "127.0.0.1:0"),
+            ("OUTPOST_AGENT_NAME", "edge-17"),
+        ];
+        all.extend_from_slice(env);
+        let mut child = command(&all)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start outpost");
+        let output = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(pipe);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    output.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            });
+        }
+        Agent {
+            child,
+            state,
+            output,
+            status: None,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn wait_output(&self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if out.contains(what) {
+                return out;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what:?} in output:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The responder's address, read from the start-up log line.
+    pub fn http_addr(&self) -> String {
+        let out = self.wait_output("health responder on http://", Duration::from_secs(10));
+        let rest = out.split("health responder on http://").nth(1).unwrap();
+        rest.split([';', ' ', '\n']).next().unwrap().to_string()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.http_addr(), path)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "outpost did not exit within {timeout:?}; output:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal GET over a fresh connection: status and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    raw_request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn raw_request(addr: &str, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to responder");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Fails with the Debian package to install when a tool is missing.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: apt-get install {package} (the README's test command does)"
+    );
+}
