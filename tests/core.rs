@@ -431,7 +431,8 @@ fn the_key_never_reaches_any_output_even_at_trace() {
 
 #[test]
 fn bad_settings_exit_78_naming_the_setting() {
-    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
         (
             &[("OUTPOST_HEARTBEAT_INTERVAL", "fast")],
             &[],

@@ -152,13 +152,14 @@ fn summary(seen: &[Seen]) -> Vec<String> {
         .collect()
 }
 
+/// One request per connection: the answers say `Connection: close`.
 fn serve(mut stream: TcpStream, prefix: &str, seen: &Mutex<Vec<Seen>>, script: &Mutex<Script>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return,
     });
-    loop {
+    {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
@@ -217,7 +218,6 @@ fn serve(mut stream: TcpStream, prefix: &str, seen: &Mutex<Vec<Seen>>, script: &
         out.push_str("\r\n");
         out.push_str(&reply.body);
         let _ = stream.write_all(out.as_bytes());
-        return;
     }
 }
 
