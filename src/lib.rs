@@ -18,6 +18,7 @@ pub mod manager;
 pub mod metrics;
 pub mod state;
 pub mod stop;
+pub mod supervisor;
 pub mod sysinfo;
 pub mod telemetry;
 

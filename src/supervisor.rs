@@ -1,0 +1,846 @@
+//! Child processes: the only module that starts, watches, stops and reaps
+//! them.
+//!
+//! Children are started with fork/exec through nix. The agent is
+//! multi-threaded, so everything that allocates (argument vectors, the
+//! environment, the program path) is prepared before `fork`, and the child
+//! makes only async-signal-safe calls until `exec`. Each child gets its own
+//! process group (so a stop reaches its descendants too), stdin from
+//! /dev/null, a clean environment (never the agent key, never `NOTIFY_SOCKET`
+//! or `WATCHDOG_*`), no inherited descriptors, and SIGPIPE back at its default
+//! (Rust ignores it in the agent, and an ignored signal survives exec).
+//!
+//! One thread watches every child at once: it polls all their output pipes
+//! plus a self-pipe that SIGCHLD writes to, reaps exits with `waitpid` on the
+//! pids it knows (never `-1`, which would steal other code's children), and
+//! escalates stops from SIGTERM to SIGKILL when the grace period runs out.
+//! Hundreds of collectors therefore cost one thread, not hundreds.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+/// How much of standard error is kept for `stderr_tail`.
+pub const STDERR_TAIL_BYTES: usize = 4096;
+/// The PATH children get; the agent's own PATH may be a systemd minimum or
+/// a developer's shell, neither of which a task should depend on.
+pub const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// After the leader exits, how long to wait for its pipes to reach EOF
+/// before reporting the exit anyway (a grandchild may hold them open).
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Where a child's standard output goes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Kept in memory up to `max` bytes (iperf3's JSON).
+    Capture {
+        max: usize,
+    },
+    /// Appended to a log file that is rotated once at `max` bytes.
+    LogFile {
+        path: PathBuf,
+        max: u64,
+    },
+    Discard,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub stdout: Output,
+    /// Standard error's tail is always kept; this also appends it to a file.
+    pub stderr_log: Option<(PathBuf, u64)>,
+}
+
+/// A started child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub pid: i32,
+    /// Start time in clock ticks since boot (/proc/<pid>/stat field 22):
+    /// with the pid, it names this process and no later one.
+    pub start_ticks: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            ExitStatus::Code(c) => format!("exited with status {c}"),
+            ExitStatus::Signal(s) => {
+                let name = Signal::try_from(s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
+                format!("killed by {name}")
+            }
+        }
+    }
+}
+
+/// A child that has ended, with what it wrote.
+#[derive(Debug)]
+pub struct Exit {
+    pub pid: i32,
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_tail: String,
+    /// The agent asked it to stop (as opposed to it ending on its own).
+    pub stopped: bool,
+}
+
+#[derive(Debug)]
+pub enum SpawnError {
+    NotFound {
+        program: String,
+    },
+    Os {
+        program: String,
+        what: &'static str,
+        errno: Errno,
+    },
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::NotFound { program } => {
+                write!(f, "program {program:?} not found (looked in {CHILD_PATH})")
+            }
+            SpawnError::Os {
+                program,
+                what,
+                errno,
+            } => {
+                write!(f, "cannot start {program:?}: {what}: {}", errno.desc())
+            }
+        }
+    }
+}
+
+enum Command {
+    Watch(Box<Watched>),
+    Stop { pid: i32, grace: Duration },
+}
+
+struct Watched {
+    pid: i32,
+    stdout_pipe: Option<File>,
+    stderr_pipe: Option<File>,
+    stdout: Output,
+    stderr_log: Option<(PathBuf, u64)>,
+    captured: Vec<u8>,
+    truncated: bool,
+    tail: Vec<u8>,
+    status: Option<(ExitStatus, Instant)>,
+    kill_at: Option<Instant>,
+    stopped: bool,
+}
+
+type OnExit = Box<dyn Fn(Exit) + Send>;
+
+/// Handle to the supervisor thread; cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    commands: Sender<Command>,
+    wake: Arc<Mutex<File>>,
+    running: Arc<Mutex<HashMap<i32, Started>>>,
+}
+
+impl Supervisor {
+    /// Starts the watcher thread; `on_exit` is called (on that thread) once
+    /// per child with its exit.
+    pub fn start(on_exit: impl Fn(Exit) + Send + 'static) -> std::io::Result<Supervisor> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let write = File::from(write);
+        // SIGCHLD writes a byte to the self-pipe, waking the poll.
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, write.try_clone()?)?;
+        let (commands, inbox) = mpsc::channel();
+        let running = Arc::new(Mutex::new(HashMap::new()));
+        let watcher = Watcher {
+            wake: File::from(read),
+            inbox,
+            children: HashMap::new(),
+            on_exit: Box::new(on_exit),
+            running: running.clone(),
+        };
+        std::thread::Builder::new()
+            .name("supervisor".into())
+            .stack_size(256 * 1024)
+            .spawn(move || watcher.run())?;
+        Ok(Supervisor {
+            commands,
+            wake: Arc::new(Mutex::new(write)),
+            running,
+        })
+    }
+
+    fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+        let _ = self
+            .wake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(&[1]);
+    }
+
+    /// Starts `spec` as a new child in its own process group.
+    pub fn spawn(&self, spec: &Spec) -> Result<Started, SpawnError> {
+        let prepared = Prepared::new(spec)?;
+        let os = |what: &'static str| {
+            let program = spec.program.clone();
+            move |errno: Errno| SpawnError::Os {
+                program: program.clone(),
+                what,
+                errno,
+            }
+        };
+        let devnull = nix::fcntl::open(
+            "/dev/null",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(os("open /dev/null"))?;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
+        let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
+
+        // SAFETY: the child branch below calls only async-signal-safe
+        // functions (setpgid, sigprocmask, signal, dup2, close_range/close,
+        // execve, write, _exit) on memory prepared before the fork, and
+        // never returns into Rust code that could allocate or take a lock.
+        match unsafe { nix::unistd::fork() }.map_err(os("fork"))? {
+            ForkResult::Child => {
+                // SAFETY: see above; `child_exec` never returns.
+                unsafe {
+                    child_exec(
+                        &prepared,
+                        devnull.as_raw_fd(),
+                        out_w.as_raw_fd(),
+                        err_w.as_raw_fd(),
+                        status_w.as_raw_fd(),
+                    )
+                }
+            }
+            ForkResult::Parent { child } => {
+                drop((out_w, err_w, status_w, devnull));
+                let pid = child.as_raw();
+                // The status pipe closes on a successful exec (CLOEXEC); on
+                // failure the child writes its errno first.
+                let mut errno = [0u8; 4];
+                let mut status = File::from(status_r);
+                let n = loop {
+                    match status.read(&mut errno) {
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        other => break other.unwrap_or(0),
+                    }
+                };
+                if n == 4 {
+                    let _ = waitpid(child, None);
+                    return Err(SpawnError::Os {
+                        program: spec.program.clone(),
+                        what: "exec",
+                        errno: Errno::from_raw(i32::from_ne_bytes(errno)),
+                    });
+                }
+                let started = Started {
+                    pid,
+                    start_ticks: start_ticks(Path::new("/"), pid).unwrap_or(0),
+                };
+                self.running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(pid, started);
+                let pipe = |fd: OwnedFd| {
+                    let _ = nix::fcntl::fcntl(
+                        fd.as_fd(),
+                        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+                    );
+                    Some(File::from(fd))
+                };
+                self.send(Command::Watch(Box::new(Watched {
+                    pid,
+                    stdout_pipe: pipe(out_r),
+                    stderr_pipe: pipe(err_r),
+                    stdout: spec.stdout.clone(),
+                    stderr_log: spec.stderr_log.clone(),
+                    captured: Vec::new(),
+                    truncated: false,
+                    tail: Vec::new(),
+                    status: None,
+                    kill_at: None,
+                    stopped: false,
+                })));
+                Ok(started)
+            }
+        }
+    }
+
+    /// SIGTERM to the child's process group now, SIGKILL after `grace`.
+    pub fn stop(&self, pid: i32, grace: Duration) {
+        self.send(Command::Stop { pid, grace });
+    }
+
+    /// Children started and not yet reported as exited.
+    pub fn running(&self) -> Vec<Started> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .copied()
+            .collect()
+    }
+}
+
+/// Everything the child needs, allocated before the fork.
+struct Prepared {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const nix::libc::c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const nix::libc::c_char>,
+}
+
+impl Prepared {
+    fn new(spec: &Spec) -> Result<Prepared, SpawnError> {
+        let not_found = || SpawnError::NotFound {
+            program: spec.program.clone(),
+        };
+        let path = resolve_program(&spec.program).ok_or_else(not_found)?;
+        let cstring = |s: &[u8]| {
+            CString::new(s).map_err(|_| SpawnError::Os {
+                program: spec.program.clone(),
+                what: "argument with a NUL byte",
+                errno: Errno::EINVAL,
+            })
+        };
+        let path = cstring(path.as_os_str().as_bytes())?;
+        let mut argv = vec![cstring(spec.program.as_bytes())?];
+        for arg in &spec.args {
+            argv.push(cstring(arg.as_bytes())?);
+        }
+        let mut envp = vec![cstring(format!("PATH={CHILD_PATH}").as_bytes())?];
+        envp.push(cstring(b"LANG=C.UTF-8")?);
+        if let Ok(home) = std::env::var("HOME") {
+            envp.push(cstring(format!("HOME={home}").as_bytes())?);
+        }
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        Ok(Prepared {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+        })
+    }
+}
+
+/// A program name with a `/` is taken as it is; otherwise it is looked up
+/// in the children's PATH.
+pub fn resolve_program(program: &str) -> Option<PathBuf> {
+    // Mode bits, not access(2): as root, access says yes to any file.
+    let is_executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return is_executable(&p).then_some(p);
+    }
+    if program.is_empty() {
+        return None;
+    }
+    CHILD_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| is_executable(p))
+}
+
+/// The child side of fork: set up the process and exec. Never returns.
+///
+/// # Safety
+/// Must only be called in the child right after `fork`; it uses only
+/// async-signal-safe calls on memory prepared before the fork.
+unsafe fn child_exec(p: &Prepared, devnull: RawFd, out: RawFd, err: RawFd, status: RawFd) -> ! {
+    use nix::libc;
+    // SAFETY: all calls below are async-signal-safe (POSIX.1-2017 2.4.3, and
+    // close_range as a raw syscall), and every pointer refers to memory
+    // owned by `p`, alive for the duration of the call.
+    unsafe {
+        libc::setpgid(0, 0);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if libc::dup2(devnull, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0 {
+            fail(status);
+        }
+        // Everything above 2 goes, except the status pipe, which is
+        // CLOEXEC and reports an exec failure.
+        if status > 3 {
+            close_range(3, (status - 1) as u32);
+        }
+        close_range((status + 1) as u32, u32::MAX);
+        libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+        fail(status)
+    }
+}
+
+/// # Safety
+/// Child side of fork only.
+unsafe fn close_range(first: u32, last: u32) {
+    use nix::libc;
+    // SAFETY: a raw syscall with integer arguments; async-signal-safe.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == 0;
+    if !done {
+        // Kernels before 5.9: close one by one up to a sane bound.
+        let last = last.min(65_535);
+        for fd in first..=last {
+            // SAFETY: closing a descriptor number is async-signal-safe.
+            unsafe { libc::close(fd as i32) };
+        }
+    }
+}
+
+/// # Safety
+/// Child side of fork only: reports errno through the status pipe and exits.
+unsafe fn fail(status: RawFd) -> ! {
+    use nix::libc;
+    // SAFETY: errno location, write and _exit are async-signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let bytes = errno.to_ne_bytes();
+        libc::write(status, bytes.as_ptr().cast(), 4);
+        libc::_exit(127)
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot, from `<root>/proc/<pid>/stat`.
+pub fn start_ticks(root: &Path, pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(root.join(format!("proc/{pid}/stat"))).ok()?;
+    parse_start_ticks(&text)
+}
+
+/// Field 22 of a /proc/<pid>/stat line; the command name (field 2) may hold
+/// spaces and parentheses, so counting starts after its last `)`.
+pub fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True when `pid` is alive and is still the process that started at
+/// `start_ticks` (not a later process that reused the pid).
+pub fn is_same_process(pid: i32, start_ticks: u64) -> bool {
+    pid > 0 && self::start_ticks(Path::new("/"), pid) == Some(start_ticks)
+}
+
+struct Watcher {
+    wake: File,
+    inbox: Receiver<Command>,
+    children: HashMap<i32, Watched>,
+    on_exit: OnExit,
+    running: Arc<Mutex<HashMap<i32, Started>>>,
+}
+
+impl Watcher {
+    fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let timeout = self
+                .children
+                .values()
+                .filter_map(|c| match (c.status, c.kill_at) {
+                    (Some((_, at)), _) => Some(at + DRAIN_GRACE),
+                    (None, Some(kill_at)) => Some(kill_at),
+                    _ => None,
+                })
+                .map(|t| t.saturating_duration_since(now))
+                .min()
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            let mut readable: Vec<(i32, bool)> = Vec::new();
+            {
+                let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+                let mut owners = Vec::new();
+                for child in self.children.values() {
+                    for (pipe, is_stdout) in
+                        [(&child.stdout_pipe, true), (&child.stderr_pipe, false)]
+                    {
+                        if let Some(pipe) = pipe {
+                            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+                            owners.push((child.pid, is_stdout));
+                        }
+                    }
+                }
+                let millis = PollTimeout::try_from(timeout.as_millis().max(1) as i32)
+                    .unwrap_or(PollTimeout::MAX);
+                match poll(&mut fds, millis) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => log::error!("supervisor: poll failed: {e}"),
+                }
+                for (fd, owner) in fds.iter().skip(1).zip(owners) {
+                    if fd.revents().is_some_and(|r| !r.is_empty()) {
+                        readable.push(owner);
+                    }
+                }
+            }
+            let mut byte = [0u8; 64];
+            while matches!(self.wake.read(&mut byte), Ok(n) if n > 0) {}
+            while let Ok(command) = self.inbox.try_recv() {
+                self.apply(command);
+            }
+            for (pid, is_stdout) in readable {
+                if let Some(child) = self.children.get_mut(&pid) {
+                    child.drain(is_stdout);
+                }
+            }
+            self.reap();
+            self.escalate();
+            self.report();
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Watch(child) => {
+                self.children.insert(child.pid, *child);
+            }
+            Command::Stop { pid, grace } => {
+                if let Some(child) = self.children.get_mut(&pid)
+                    && child.status.is_none()
+                {
+                    child.stopped = true;
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                    let kill_at = Instant::now() + grace;
+                    child.kill_at = Some(child.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        for child in self.children.values_mut().filter(|c| c.status.is_none()) {
+            let status = match waitpid(Pid::from_raw(child.pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signal(signal as i32),
+                Ok(_) => continue,
+                // Someone else reaped it: report it as gone all the same.
+                Err(Errno::ECHILD) => ExitStatus::Signal(Signal::SIGKILL as i32),
+                Err(_) => continue,
+            };
+            child.status = Some((status, Instant::now()));
+            // Whatever the leader left in its group goes with it: a task
+            // leaves nothing behind. The group id cannot be reused while
+            // members remain, so this reaches only our leftovers.
+            let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
+        }
+    }
+
+    fn escalate(&mut self) {
+        let now = Instant::now();
+        for child in self.children.values_mut() {
+            if child.status.is_none() && child.kill_at.is_some_and(|k| k <= now) {
+                let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
+                child.kill_at = None;
+            }
+        }
+    }
+
+    fn report(&mut self) {
+        let now = Instant::now();
+        let done: Vec<i32> = self
+            .children
+            .values()
+            .filter(|c| match c.status {
+                Some((_, at)) => {
+                    (c.stdout_pipe.is_none() && c.stderr_pipe.is_none()) || now >= at + DRAIN_GRACE
+                }
+                None => false,
+            })
+            .map(|c| c.pid)
+            .collect();
+        for pid in done {
+            let Some(mut child) = self.children.remove(&pid) else {
+                continue;
+            };
+            child.drain(true);
+            child.drain(false);
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pid);
+            let Some((status, _)) = child.status else {
+                continue;
+            };
+            (self.on_exit)(Exit {
+                pid,
+                status,
+                stdout: std::mem::take(&mut child.captured),
+                stdout_truncated: child.truncated,
+                stderr_tail: String::from_utf8_lossy(&child.tail).into_owned(),
+                stopped: child.stopped,
+            });
+        }
+    }
+}
+
+impl Watched {
+    /// Reads what is available from one pipe; closes it at EOF.
+    fn drain(&mut self, is_stdout: bool) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let pipe = if is_stdout {
+                &mut self.stdout_pipe
+            } else {
+                &mut self.stderr_pipe
+            };
+            let Some(file) = pipe.as_mut() else { return };
+            match file.read(&mut buf) {
+                Ok(0) => {
+                    *pipe = None;
+                    return;
+                }
+                Ok(n) => {
+                    let data = &buf[..n];
+                    if is_stdout {
+                        self.take_stdout(data);
+                    } else {
+                        self.take_stderr(data);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    *pipe = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn take_stdout(&mut self, data: &[u8]) {
+        match &self.stdout {
+            Output::Capture { max } => {
+                let room = max.saturating_sub(self.captured.len());
+                self.captured
+                    .extend_from_slice(&data[..data.len().min(room)]);
+                if data.len() > room {
+                    self.truncated = true;
+                }
+            }
+            Output::LogFile { path, max } => append_log(path, *max, data),
+            Output::Discard => {}
+        }
+    }
+
+    fn take_stderr(&mut self, data: &[u8]) {
+        self.tail.extend_from_slice(data);
+        if self.tail.len() > STDERR_TAIL_BYTES {
+            let cut = self.tail.len() - STDERR_TAIL_BYTES;
+            self.tail.drain(..cut);
+        }
+        if let Some((path, max)) = &self.stderr_log {
+            append_log(path, *max, data);
+        }
+    }
+}
+
+/// Appends to a log file, rotating it to `<path>.1` once it reaches `max`
+/// bytes, so a chatty child can use at most twice `max` of disk.
+pub fn append_log(path: &Path, max: u64, data: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size + data.len() as u64 > max && size > 0 {
+        let mut rotated = path.as_os_str().to_owned();
+        rotated.push(".1");
+        let _ = std::fs::rename(path, rotated);
+    }
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+    {
+        let _ = file.write_all(data);
+    }
+}
+
+/// CPU time (clock ticks) and resident memory (bytes) of a process, from
+/// `<root>/proc/<pid>/stat`.
+pub fn usage(root: &Path, pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(root.join(format!("proc/{pid}/stat"))).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15, rss 24.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    Some((utime + stime, rss_pages * page_size()))
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map(|v| v as u64)
+        .unwrap_or(4096)
+}
+
+/// Clock ticks per second, for turning tick deltas into CPU percent.
+pub fn ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map(|v| v as u64)
+        .unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn supervisor() -> (Supervisor, Receiver<Exit>) {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let s = Supervisor::start(move |exit| {
+            let _ = tx.lock().unwrap().send(exit);
+        })
+        .unwrap();
+        (s, rx)
+    }
+
+    fn spec(program: &str, args: &[&str]) -> Spec {
+        Spec {
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            stdout: Output::Capture { max: 1 << 20 },
+            stderr_log: None,
+        }
+    }
+
+    #[test]
+    fn parses_start_ticks_past_odd_command_names() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 987654 1000 200 18446744073709551615";
+        assert_eq!(parse_start_ticks(stat), Some(987_654));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn captures_output_exit_code_and_stderr_tail() {
+        let (s, rx) = supervisor();
+        let started = s
+            .spawn(&spec("sh", &["-c", "echo out; echo err >&2; exit 3"]))
+            .unwrap();
+        assert!(started.start_ticks > 0);
+        let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(exit.pid, started.pid);
+        assert_eq!(exit.status, ExitStatus::Code(3));
+        assert_eq!(exit.stdout, b"out\n");
+        assert_eq!(exit.stderr_tail, "err\n");
+        assert!(!exit.stopped);
+        assert!(s.running().is_empty());
+    }
+
+    #[test]
+    fn children_get_a_clean_environment_and_no_descriptors() {
+        let (s, rx) = supervisor();
+        s.spawn(&spec("sh", &["-c", "env; ls /proc/self/fd"]))
+            .unwrap();
+        let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let out = String::from_utf8_lossy(&exit.stdout);
+        assert!(out.contains(&format!("PATH={CHILD_PATH}")), "{out}");
+        for secret in ["OUTPOST_", "NOTIFY_SOCKET", "WATCHDOG_"] {
+            assert!(!out.contains(secret), "{secret} leaked: {out}");
+        }
+        // ls itself opens one descriptor for the directory it lists.
+        let fds: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        assert_eq!(fds, ["0", "1", "2", "3"], "descriptors beyond stdio");
+    }
+
+    #[test]
+    fn stop_escalates_to_sigkill_and_reaches_the_group() {
+        let (s, rx) = supervisor();
+        // A shell that ignores SIGTERM, with a grandchild sleeping.
+        let started = s
+            .spawn(&spec("sh", &["-c", "trap '' TERM; sleep 300 & wait"]))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200)); // let the trap be set
+        let asked = Instant::now();
+        s.stop(started.pid, Duration::from_millis(300));
+        let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(exit.stopped);
+        assert_eq!(exit.status, ExitStatus::Signal(Signal::SIGKILL as i32));
+        assert!(asked.elapsed() >= Duration::from_millis(300));
+        // Nothing of the group is left.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while killpg(Pid::from_raw(started.pid), None).is_ok() {
+            assert!(Instant::now() < deadline, "group still alive");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let (s, _rx) = supervisor();
+        let err = s.spawn(&spec("no-such-program-outpost", &[])).unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+        let file = std::env::temp_dir().join(format!("outpost-noexec-{}", std::process::id()));
+        std::fs::write(&file, "#!/bin/sh\n").unwrap();
+        let err = s.spawn(&spec(file.to_str().unwrap(), &[])).unwrap_err();
+        assert!(matches!(err, SpawnError::NotFound { .. }), "{err}");
+        // Executable but not a program: the exec error comes back.
+        std::fs::write(&file, "\x00\x01not a program").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = s.spawn(&spec(file.to_str().unwrap(), &[])).unwrap_err();
+        assert!(err.to_string().contains("exec"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn stdout_capture_is_capped() {
+        let (s, rx) = supervisor();
+        let mut spec = spec("sh", &["-c", "head -c 100000 /dev/zero"]);
+        spec.stdout = Output::Capture { max: 1000 };
+        s.spawn(&spec).unwrap();
+        let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(exit.stdout.len(), 1000);
+        assert!(exit.stdout_truncated);
+    }
+}
