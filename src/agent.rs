@@ -17,6 +17,7 @@ use crate::health::Responder;
 use crate::heartbeat::Heartbeat;
 use crate::manager::{Capabilities, Manager};
 use crate::metrics::Sampler;
+use crate::notify::Notifier;
 use crate::state::StateDir;
 use crate::stop::Stop;
 use crate::telemetry::{Telemetry, Worker};
@@ -39,6 +40,7 @@ const JOIN_GRACE: Duration = Duration::from_secs(1);
 
 pub fn run(config: Config) -> Result<i32> {
     let started = Instant::now();
+    let notifier = Notifier::from_env();
     let state = StateDir::open(&config.state_dir)?;
     let (events, inbox) = mpsc::channel();
     spawn_signal_thread(events.clone())?;
@@ -97,23 +99,32 @@ pub fn run(config: Config) -> Result<i32> {
         }
     }
     log::debug!("started in {:?}", started.elapsed());
+    if config.manager_url.is_none() {
+        notifier.ready();
+    }
 
-    let exit_code = main_loop(&inbox, &telemetry);
+    let exit_code = main_loop(&inbox, &telemetry, &notifier);
+    notifier.stopping();
+    notifier.status("stopping");
     shutdown(&telemetry, &stop, threads);
     Ok(exit_code)
 }
 
 /// The one loop that decides what the process does next.
-fn main_loop(inbox: &mpsc::Receiver<Event>, telemetry: &Telemetry) -> i32 {
+fn main_loop(inbox: &mpsc::Receiver<Event>, telemetry: &Telemetry, notifier: &Notifier) -> i32 {
+    let mut watchdog = Watchdog::new(notifier.watchdog_interval());
+    let mut last_status = String::new();
     loop {
         telemetry.progress(Worker::Main, TICK * 4);
-        match inbox.recv_timeout(TICK) {
+        let wait = watchdog.next_ping().min(TICK);
+        match inbox.recv_timeout(wait) {
             Ok(Event::Shutdown { signal }) => {
                 log::info!("{signal} received: stopping");
                 return 0;
             }
             Ok(Event::Registered { agent_id }) => {
                 log::debug!("session established as {agent_id}");
+                notifier.ready();
             }
             Ok(Event::KeyRejected { status }) => {
                 log::error!("{}", Error::KeyRejected { status });
@@ -123,8 +134,59 @@ fn main_loop(inbox: &mpsc::Receiver<Event>, telemetry: &Telemetry) -> i32 {
             // Impossible while `run` holds a sender; stop rather than spin.
             Err(RecvTimeoutError::Disconnected) => return 1,
         }
-        if let Some(worker) = telemetry.stalled_worker() {
-            log::warn!("the {} thread has stopped making progress", worker.label());
+        watchdog.tick(telemetry, notifier);
+        let status = telemetry.status_line();
+        if status != last_status {
+            notifier.status(&status);
+            last_status = status;
+        }
+    }
+}
+
+/// Pings the systemd watchdog at half its period, but only while every
+/// worker keeps its progress promise: a wedged thread stops the pings and
+/// systemd restarts the agent. A manager outage is not a stall (the
+/// heartbeat thread is waiting by design then), so it never stops them.
+struct Watchdog {
+    interval: Option<Duration>,
+    next: Instant,
+    stalled: Option<Worker>,
+}
+
+impl Watchdog {
+    fn new(interval: Option<Duration>) -> Watchdog {
+        Watchdog {
+            interval,
+            next: Instant::now(),
+            stalled: None,
+        }
+    }
+
+    fn next_ping(&self) -> Duration {
+        match self.interval {
+            Some(_) => self.next.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        }
+    }
+
+    fn tick(&mut self, telemetry: &Telemetry, notifier: &Notifier) {
+        let stalled = telemetry.stalled_worker();
+        if stalled != self.stalled {
+            match stalled {
+                Some(worker) => log::error!(
+                    "the {} thread has stopped making progress; withholding watchdog pings",
+                    worker.label()
+                ),
+                None => log::info!("all threads are making progress again"),
+            }
+            self.stalled = stalled;
+        }
+        let Some(interval) = self.interval else {
+            return;
+        };
+        if stalled.is_none() && Instant::now() >= self.next {
+            notifier.watchdog();
+            self.next = Instant::now() + interval;
         }
     }
 }

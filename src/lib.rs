@@ -16,6 +16,7 @@ pub mod ids;
 pub mod logging;
 pub mod manager;
 pub mod metrics;
+pub mod notify;
 pub mod state;
 pub mod stop;
 pub mod supervisor;

@@ -313,6 +313,28 @@ impl Telemetry {
     }
 }
 
+impl Telemetry {
+    /// One line for `systemctl status`: who we are to the manager, tasks,
+    /// outbox, and the last error if the link is failing.
+    pub fn status_line(&self) -> String {
+        let session = self.session();
+        let link = match (&self.manager_url, &session.agent_id, session.registered) {
+            (None, _, _) => "manager-less".to_string(),
+            (Some(_), Some(id), true) if session.consecutive_failures == 0 => {
+                format!("registered as {id}")
+            }
+            (Some(_), Some(id), true) => format!("registered as {id}, manager unreachable"),
+            (Some(_), _, _) => "registering".to_string(),
+        };
+        let mut line = format!("{link}; 0 tasks running; outbox 0");
+        if let Some(error) = &session.last_error {
+            line.push_str("; last error: ");
+            line.push_str(error);
+        }
+        line
+    }
+}
+
 fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
