@@ -1,13 +1,15 @@
 //! The agent's main loop: starts the worker threads, then reacts to a closed
 //! set of [`Event`]s until it is told to stop, and stops everything in order.
 //!
-//! Worker threads never decide the fate of the process themselves; they send
-//! an event here. That keeps every exit path (signal, rejected key) going
-//! through the same shutdown sequence of PROTOCOL.md section 8.
+//! Worker threads never decide the fate of the process or touch a task
+//! themselves; they send an event here. The task table lives on this thread
+//! alone, and every exit path (signal, rejected key) goes through the same
+//! shutdown sequence of PROTOCOL.md section 8.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -15,11 +17,15 @@ use crate::config::Config;
 use crate::error::{EXIT_CONFIG, Error, Result};
 use crate::health::Responder;
 use crate::heartbeat::Heartbeat;
+use crate::ledger::Origin;
 use crate::manager::{Capabilities, Manager};
 use crate::metrics::Sampler;
 use crate::notify::Notifier;
+use crate::outbox::Outbox;
 use crate::state::StateDir;
 use crate::stop::Stop;
+use crate::supervisor::{Exit, Supervisor};
+use crate::tasks::{Settings, Tasks};
 use crate::telemetry::{Telemetry, Worker};
 
 /// Everything the main loop reacts to.
@@ -31,17 +37,43 @@ pub enum Event {
     Registered { agent_id: String },
     /// The manager refused the key at registration: stop, exit 78.
     KeyRejected { status: u16 },
+    /// Tasks from a claim; `taken` is answered once they are in the table.
+    Claimed {
+        tasks: Vec<serde_json::Value>,
+        taken: Sender<()>,
+    },
+    /// A spool file, read (or why it could not be).
+    Spooled {
+        path: PathBuf,
+        task: std::result::Result<serde_json::Value, String>,
+    },
+    /// A child process ended.
+    ChildExited(Exit),
 }
 
-/// How often the main loop wakes up with nothing to do (watchdog, status).
+/// How often the main loop wakes up with nothing to do.
 const TICK: Duration = Duration::from_millis(500);
 /// How long shutdown waits for worker threads before exiting anyway.
 const JOIN_GRACE: Duration = Duration::from_secs(1);
+/// Section 8: the outbox gets this long to drain at shutdown.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+struct Threads {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Threads {
+    fn spawn(&mut self, name: &str, body: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.handles.push(spawn(name, body)?);
+        Ok(())
+    }
+}
 
 pub fn run(config: Config) -> Result<i32> {
     let started = Instant::now();
     let notifier = Notifier::from_env();
     let state = StateDir::open(&config.state_dir)?;
+    crate::spool::prepare(state.root())?;
     let (events, inbox) = mpsc::channel();
     spawn_signal_thread(events.clone())?;
 
@@ -53,8 +85,13 @@ pub fn run(config: Config) -> Result<i32> {
         config.poll_wait,
         config.pushgateway_url.clone(),
     ));
+    // Intake (claims, spool) stops first at shutdown; the rest after the
+    // outbox had its chance to drain.
+    let stop_intake = Stop::new();
     let stop = Stop::new();
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut threads = Threads {
+        handles: Vec::new(),
+    };
 
     // The responder first: /health and /ready should answer as early as
     // possible, and a port conflict should fail before anything else starts.
@@ -62,14 +99,39 @@ pub fn run(config: Config) -> Result<i32> {
     if let Some(addr) = config.http_addr {
         let responder = Responder::bind(addr, telemetry.clone(), stop.clone())?;
         listening = responder.local_addr();
-        threads.push(spawn("health", move || responder.run())?);
+        threads.spawn("health", move || responder.run())?;
     }
-
     {
         let telemetry = telemetry.clone();
         let stop = stop.clone();
-        threads.push(spawn("metrics", move || metrics_loop(&telemetry, &stop))?);
+        threads.spawn("metrics", move || metrics_loop(&telemetry, &stop))?;
     }
+
+    let supervisor = {
+        let events = events.clone();
+        Supervisor::start(move |exit| {
+            let _ = events.send(Event::ChildExited(exit));
+        })
+        .map_err(|e| Error::Internal {
+            what: "supervisor",
+            message: e.to_string(),
+        })?
+    };
+    let outbox = match config.manager_url {
+        Some(_) => Some(Arc::new(Outbox::open(state.root())?)),
+        None => None,
+    };
+    let mut tasks = Tasks::open(
+        Settings {
+            iperf3: config.iperf3.clone(),
+            stop_grace: config.stop_grace,
+            max_tasks: config.max_tasks,
+            state_dir: state.root().to_path_buf(),
+        },
+        outbox.clone(),
+        supervisor,
+        telemetry.clone(),
+    )?;
 
     let where_ = listening
         .map(|a| format!("health responder on http://{a}"))
@@ -95,28 +157,87 @@ pub fn run(config: Config) -> Result<i32> {
                 stop: stop.clone(),
                 capabilities: capabilities_of(&config),
             };
-            threads.push(spawn("heartbeat", move || heartbeat.run())?);
+            threads.spawn("heartbeat", move || heartbeat.run())?;
+            let (manager, t, e, s) = (
+                Manager::new(&config)?,
+                telemetry.clone(),
+                events.clone(),
+                stop_intake.clone(),
+            );
+            threads.spawn("claim", move || crate::claim::run(manager, t, e, s))?;
+            if let Some(outbox) = &outbox {
+                let (manager, o, t, s) = (
+                    Manager::new(&config)?,
+                    outbox.clone(),
+                    telemetry.clone(),
+                    stop.clone(),
+                );
+                threads.spawn("outbox", move || {
+                    crate::outbox::run_sender(o, manager, t, s)
+                })?;
+            }
         }
+    }
+    {
+        let (dir, t, e, s) = (
+            state.root().to_path_buf(),
+            telemetry.clone(),
+            events.clone(),
+            stop_intake.clone(),
+        );
+        threads.spawn("spool", move || crate::spool::run(dir, t, e, s))?;
     }
     log::debug!("started in {:?}", started.elapsed());
     if config.manager_url.is_none() {
         notifier.ready();
     }
 
-    let exit_code = main_loop(&inbox, &telemetry, &notifier);
+    let exit_code = main_loop(&inbox, &telemetry, &notifier, &mut tasks);
+
+    // Section 8, in order: stop claiming, stop children, record states,
+    // let the outbox drain, exit.
     notifier.stopping();
-    notifier.status("stopping");
-    shutdown(&telemetry, &stop, threads);
+    notifier.status("stopping: ending tasks and draining the outbox");
+    telemetry.stopping.store(true, Ordering::Relaxed);
+    stop_intake.request();
+    tasks.begin_shutdown();
+    let deadline = Instant::now() + config.stop_grace + Duration::from_secs(1);
+    while !tasks.all_processes_gone() && Instant::now() < deadline {
+        if let Ok(Event::ChildExited(exit)) = inbox.recv_timeout(Duration::from_millis(50)) {
+            tasks.on_exit(exit);
+        }
+    }
+    tasks.finish_shutdown();
+    if let Some(outbox) = &outbox
+        && telemetry.session().registered
+        && !outbox.wait_empty(Instant::now() + DRAIN_TIME)
+    {
+        log::warn!(
+            "{} status update(s) not yet delivered; they stay in the outbox for the next start",
+            outbox.len()
+        );
+    }
+    stop.request();
+    join(threads);
+    log::info!("stopped");
     Ok(exit_code)
 }
 
 /// The one loop that decides what the process does next.
-fn main_loop(inbox: &mpsc::Receiver<Event>, telemetry: &Telemetry, notifier: &Notifier) -> i32 {
+fn main_loop(
+    inbox: &Receiver<Event>,
+    telemetry: &Telemetry,
+    notifier: &Notifier,
+    tasks: &mut Tasks,
+) -> i32 {
     let mut watchdog = Watchdog::new(notifier.watchdog_interval());
     let mut last_status = String::new();
+    let mut next_tick = Instant::now();
     loop {
         telemetry.progress(Worker::Main, TICK * 4);
-        let wait = watchdog.next_ping().min(TICK);
+        let wait = watchdog
+            .next_ping()
+            .min(next_tick.saturating_duration_since(Instant::now()));
         match inbox.recv_timeout(wait) {
             Ok(Event::Shutdown { signal }) => {
                 log::info!("{signal} received: stopping");
@@ -130,9 +251,33 @@ fn main_loop(inbox: &mpsc::Receiver<Event>, telemetry: &Telemetry, notifier: &No
                 log::error!("{}", Error::KeyRejected { status });
                 return EXIT_CONFIG;
             }
+            Ok(Event::Claimed {
+                tasks: claimed,
+                taken,
+            }) => {
+                for task in &claimed {
+                    let _ = tasks.accept(task, Origin::Manager);
+                }
+                tasks.refresh_view(true);
+                let _ = taken.send(());
+            }
+            Ok(Event::Spooled { path, task }) => {
+                match task
+                    .map_err(|why| why.to_string())
+                    .and_then(|t| tasks.accept(&t, Origin::Spool))
+                {
+                    Ok(()) => crate::spool::consumed(&path),
+                    Err(why) => crate::spool::reject(&path, &why),
+                }
+                tasks.refresh_view(true);
+            }
+            Ok(Event::ChildExited(exit)) => tasks.on_exit(exit),
             Err(RecvTimeoutError::Timeout) => {}
             // Impossible while `run` holds a sender; stop rather than spin.
             Err(RecvTimeoutError::Disconnected) => return 1,
+        }
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + tasks.tick();
         }
         watchdog.tick(telemetry, notifier);
         let status = telemetry.status_line();
@@ -165,7 +310,7 @@ impl Watchdog {
     fn next_ping(&self) -> Duration {
         match self.interval {
             Some(_) => self.next.saturating_duration_since(Instant::now()),
-            None => Duration::MAX,
+            None => TICK,
         }
     }
 
@@ -191,12 +336,9 @@ impl Watchdog {
     }
 }
 
-/// Section 8: stop claiming, stop children, record states, drain, exit.
-fn shutdown(telemetry: &Telemetry, stop: &Stop, threads: Vec<JoinHandle<()>>) {
-    telemetry.stopping.store(true, Ordering::Relaxed);
-    stop.request();
+fn join(threads: Threads) {
     let deadline = Instant::now() + JOIN_GRACE;
-    for handle in threads {
+    for handle in threads.handles {
         // A thread stuck in a blocking call (an HTTP request in flight) is
         // left behind: the process exits around it.
         while !handle.is_finished() && Instant::now() < deadline {
@@ -206,7 +348,6 @@ fn shutdown(telemetry: &Telemetry, stop: &Stop, threads: Vec<JoinHandle<()>>) {
             let _ = handle.join();
         }
     }
-    log::info!("stopped");
 }
 
 fn metrics_loop(telemetry: &Telemetry, stop: &Stop) {
@@ -260,14 +401,26 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<
         })
 }
 
-/// What this agent can do, as register announces it. No task types yet:
-/// this build runs none, and saying otherwise would invite tasks it would
-/// have to reject.
+/// What this agent can do, as register announces it.
 fn capabilities_of(config: &Config) -> Capabilities {
     Capabilities {
-        task_types: Vec::new(),
-        iperf3_version: None,
+        task_types: crate::tasks::payload::TYPES.to_vec(),
+        iperf3_version: iperf3_version(&config.iperf3),
         collector_available: false,
         max_concurrent_tasks: config.max_tasks,
     }
+}
+
+/// `iperf3 --version`'s number, or `None` when iperf3 cannot be run.
+fn iperf3_version(program: &str) -> Option<String> {
+    let path = crate::supervisor::resolve_program(program)?;
+    let out = std::process::Command::new(path)
+        .arg("--version")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "iperf 3.12 (cJSON 1.7.15)"
+    text.split_whitespace().nth(1).map(str::to_string)
 }

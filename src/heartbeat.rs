@@ -59,6 +59,9 @@ impl Heartbeat {
             if self.stop.is_requested() {
                 break;
             }
+            if self.telemetry.take_registration_request() {
+                need_register = true;
+            }
             if need_register {
                 registrations += 1;
                 match self.register(&mut identity, registrations, &mut backoff) {
@@ -124,7 +127,7 @@ impl Heartbeat {
                 agent_id: identity.agent_id.as_deref(),
                 system: &system,
                 capabilities: &self.capabilities,
-                tasks: Vec::new(),
+                tasks: self.telemetry.task_view().reports.clone(),
             };
             let delay = match self.manager.register(&body, &idempotency_key) {
                 Ok(answer) => {
@@ -197,8 +200,8 @@ impl Heartbeat {
             sent_at: clock::rfc3339(SystemTime::now()),
             uptime_s: (self.telemetry.uptime().as_secs_f64() * 10.0).round() / 10.0,
             metrics: snapshot.as_deref(),
-            tasks: Vec::new(),
-            pending_updates: 0,
+            tasks: self.telemetry.task_view().reports.clone(),
+            pending_updates: self.telemetry.task_view().outbox_pending as u64,
         };
         let idempotency_key = format!("heartbeat:{}:{seq}", self.telemetry.instance_id);
         match self.manager.heartbeat(&body, &idempotency_key) {

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod claim;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -13,15 +14,20 @@ pub mod exposition;
 pub mod health;
 pub mod heartbeat;
 pub mod ids;
+pub mod ledger;
 pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod notify;
+pub mod outbox;
+pub mod spool;
 pub mod state;
 pub mod stop;
 pub mod supervisor;
 pub mod sysinfo;
+pub mod tasks;
 pub mod telemetry;
+pub mod update;
 
 use std::ffi::OsString;
 

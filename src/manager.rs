@@ -208,6 +208,64 @@ impl Manager {
         decode(Endpoint::Heartbeat, &bytes)
     }
 
+    /// Long-polls for tasks (section 3.3); the raw task objects, checked by
+    /// the caller one by one so that one bad task cannot hide the others.
+    pub fn claim(
+        &self,
+        agent_id: &str,
+        max_tasks: u32,
+        wait: Duration,
+    ) -> Result<Vec<serde_json::Value>, Failure> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            agent_id: &'a str,
+            max_tasks: u32,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            tasks: Vec<serde_json::Value>,
+        }
+        let wait_s = wait.as_secs();
+        let bytes = self.post(
+            Endpoint::Claim,
+            &format!("/v1/agent/tasks/claim?wait={wait_s}"),
+            &Body {
+                agent_id,
+                max_tasks,
+            },
+            // A claim is not replayed: a lost answer's tasks are handed out
+            // again by the manager (section 3.3).
+            &format!("claim:{agent_id}:{}", crate::ids::new_uuid()),
+            wait + POLL_GRACE,
+            MAX_CLAIM_BYTES,
+        )?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Vec::new());
+        }
+        let answer: Answer = decode(Endpoint::Claim, &bytes)?;
+        Ok(answer.tasks)
+    }
+
+    /// Sends one status update (section 3.4); `Ok` on 2xx and on 409.
+    pub fn status(&self, agent_id: &str, update: &crate::update::Update) -> Result<(), Failure> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            agent_id: &'a str,
+            #[serde(flatten)]
+            update: &'a crate::update::Update,
+        }
+        self.post(
+            Endpoint::Status,
+            &format!("/v1/agent/tasks/{}/status", percent_encode(&update.task_id)),
+            &Body { agent_id, update },
+            &format!("status:{}:{}", update.task_id, update.seq),
+            READ_TIMEOUT,
+            MAX_ANSWER_BYTES,
+        )
+        .map(|_| ())
+    }
+
     /// One POST with the common headers; the answer body on 2xx.
     fn post(
         &self,
@@ -257,6 +315,19 @@ impl Manager {
             .read_to_vec();
         classify(endpoint, status, retry_after, body)
     }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Turns a status code and body into the protocol's outcomes (section 1).
@@ -388,6 +459,21 @@ fn read_key(path: &Path) -> Result<PrivateKey<'static>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_ids_are_percent_encoded() {
+        assert_eq!(percent_encode("t-1.a_b"), "t-1.a_b");
+        assert_eq!(percent_encode("job:42"), "job%3A42");
+    }
+
+    #[test]
+    fn status_409_counts_as_delivered() {
+        assert!(classify(Endpoint::Status, 409, None, Ok(vec![])).is_ok());
+        assert!(matches!(
+            classify(Endpoint::Heartbeat, 409, None, Ok(vec![])),
+            Err(Failure::Rejected { status: 409, .. })
+        ));
+    }
 
     #[test]
     fn status_codes_follow_section_1() {

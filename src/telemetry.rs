@@ -37,6 +37,9 @@ pub enum Worker {
     Heartbeat,
     Metrics,
     Health,
+    Claim,
+    Outbox,
+    Spool,
 }
 
 impl Worker {
@@ -53,6 +56,9 @@ impl Worker {
             Worker::Heartbeat => "heartbeat",
             Worker::Metrics => "metrics",
             Worker::Health => "health",
+            Worker::Claim => "claim",
+            Worker::Outbox => "outbox",
+            Worker::Spool => "spool",
         }
     }
 }
@@ -75,7 +81,27 @@ pub struct Telemetry {
     pub stopping: AtomicBool,
     /// Per worker: milliseconds since `started` by which it promised to
     /// report progress again; 0 = not running (not watched).
-    progress: [AtomicU64; 4],
+    progress: [AtomicU64; 7],
+    pub updates_delivered: AtomicU64,
+    pub claims: AtomicU64,
+    pub invalid_task_ids: AtomicU64,
+    /// Set by any thread that met 401/403/404; the heartbeat thread
+    /// registers again and clears it.
+    need_registration: AtomicBool,
+    /// What the task table publishes for the other threads.
+    pub tasks: Mutex<TaskView>,
+}
+
+/// The task table's public face, refreshed by the main loop.
+#[derive(Clone, Debug, Default)]
+pub struct TaskView {
+    /// Reports of every task not yet final (section 6.3).
+    pub reports: Vec<serde_json::Value>,
+    pub free_slots: u32,
+    pub outbox_pending: usize,
+    pub outbox_full: bool,
+    /// Final states by (type, state).
+    pub finished: std::collections::BTreeMap<(String, String), u64>,
 }
 
 impl Telemetry {
@@ -113,7 +139,24 @@ impl Telemetry {
             snapshots: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             progress: Default::default(),
+            updates_delivered: AtomicU64::new(0),
+            claims: AtomicU64::new(0),
+            invalid_task_ids: AtomicU64::new(0),
+            need_registration: AtomicBool::new(false),
+            tasks: Mutex::new(TaskView::default()),
         }
+    }
+
+    pub fn request_registration(&self) {
+        self.need_registration.store(true, Ordering::Relaxed);
+    }
+
+    pub fn take_registration_request(&self) -> bool {
+        self.need_registration.swap(false, Ordering::Relaxed)
+    }
+
+    pub fn task_view(&self) -> MutexGuard<'_, TaskView> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn session(&self) -> MutexGuard<'_, Session> {
@@ -216,8 +259,12 @@ impl Telemetry {
                 "heartbeats_sent": self.heartbeats_sent.load(Ordering::Relaxed),
                 "heartbeats_failed": self.heartbeats_failed.load(Ordering::Relaxed),
             },
-            "tasks": [],
-            "outbox": { "pending": 0 },
+            "tasks": self.task_view().reports,
+            "outbox": {
+                "pending": self.task_view().outbox_pending,
+                "full": self.task_view().outbox_full,
+                "delivered": self.updates_delivered.load(Ordering::Relaxed),
+            },
         });
         format!("{body}\n")
     }
@@ -306,6 +353,55 @@ impl Telemetry {
             Kind::Counter,
             load(&self.snapshots),
         );
+        let view = self.task_view().clone();
+        exp.single(
+            "outpost_tasks_running",
+            "Tasks not yet in a final state.",
+            Kind::Gauge,
+            view.reports.len() as f64,
+        );
+        exp.family(
+            "outpost_tasks_finished_total",
+            "Tasks that reached a final state, by type and state.",
+            Kind::Counter,
+        );
+        for ((type_name, state), count) in &view.finished {
+            exp.sample(
+                "outpost_tasks_finished_total",
+                &[("type", type_name), ("state", state)],
+                *count as f64,
+            );
+        }
+        exp.single(
+            "outpost_outbox_pending",
+            "Status updates waiting in the durable outbox.",
+            Kind::Gauge,
+            view.outbox_pending as f64,
+        );
+        exp.single(
+            "outpost_outbox_full",
+            "1 while the outbox is at its limit and claiming is paused.",
+            Kind::Gauge,
+            if view.outbox_full { 1.0 } else { 0.0 },
+        );
+        exp.single(
+            "outpost_status_updates_delivered_total",
+            "Status updates the manager acknowledged.",
+            Kind::Counter,
+            load(&self.updates_delivered),
+        );
+        exp.single(
+            "outpost_claims_total",
+            "Claim round trips that got an answer.",
+            Kind::Counter,
+            load(&self.claims),
+        );
+        exp.single(
+            "outpost_invalid_task_ids_total",
+            "Tasks dropped because their id breaks the id rule.",
+            Kind::Counter,
+            load(&self.invalid_task_ids),
+        );
         if let Some(snapshot) = self.snapshot() {
             snapshot.write_prometheus(&mut exp);
         }
@@ -326,7 +422,13 @@ impl Telemetry {
             (Some(_), Some(id), true) => format!("registered as {id}, manager unreachable"),
             (Some(_), _, _) => "registering".to_string(),
         };
-        let mut line = format!("{link}; 0 tasks running; outbox 0");
+        drop(session);
+        let (running, pending) = {
+            let view = self.task_view();
+            (view.reports.len(), view.outbox_pending)
+        };
+        let session = self.session();
+        let mut line = format!("{link}; {running} tasks running; outbox {pending}");
         if let Some(error) = &session.last_error {
             line.push_str("; last error: ");
             line.push_str(error);

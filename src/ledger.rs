@@ -1,0 +1,294 @@
+//! The task ledger: every task id this agent has taken, with its latest
+//! state, so that a task id runs at most once across restarts (section 6.2).
+//!
+//! It is an append-only journal of JSON lines (`ledger.jsonl`), one whole
+//! record per line, fsynced before the task it records may start: replaying
+//! it gives the latest record per id. A torn last line (power cut mid-write)
+//! or a corrupt line is skipped with a log line. The journal is compacted
+//! (rewritten atomically) when it holds twice as many lines as records, and
+//! compaction keeps at most [`MAX_FINISHED`] finished tasks, the newest: a
+//! task id that finished more than that many tasks ago is forgotten.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::update::{State, Update};
+
+/// Finished tasks remembered (the at-most-once window).
+pub const MAX_FINISHED: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Claimed from the manager: updates go through the outbox.
+    Manager,
+    /// Read from the spool inbox: updates go to `results/<id>.json`.
+    Spool,
+}
+
+/// A process of a task, named so that a reused pid is never mistaken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub origin: Origin,
+    pub state: State,
+    /// The `seq` of the latest update made (0: none yet).
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Update>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessRef>,
+    /// Order of finishing, for keeping the newest finished records.
+    #[serde(default)]
+    pub finished: u64,
+}
+
+pub struct Ledger {
+    path: PathBuf,
+    file: Option<File>,
+    records: HashMap<String, Record>,
+    lines: usize,
+    finished_counter: u64,
+    max_finished: usize,
+}
+
+impl Ledger {
+    /// Opens `<dir>/ledger.jsonl`, replaying what is there.
+    pub fn open(dir: &Path) -> Result<Ledger> {
+        Ledger::open_bounded(dir, MAX_FINISHED)
+    }
+
+    /// Like [`Ledger::open`] with another bound on finished records.
+    pub fn open_bounded(dir: &Path, max_finished: usize) -> Result<Ledger> {
+        let path = dir.join("ledger.jsonl");
+        let mut records: HashMap<String, Record> = HashMap::new();
+        let mut lines = 0;
+        let mut skipped = 0;
+        if let Ok(file) = File::open(&path) {
+            for line in BufReader::new(file).split(b'\n') {
+                let Ok(line) = line else {
+                    skipped += 1;
+                    break;
+                };
+                if line.is_empty() {
+                    continue;
+                }
+                lines += 1;
+                match serde_json::from_slice::<Record>(&line) {
+                    Ok(record) if crate::ids::is_valid_id(&record.id) => {
+                        records.insert(record.id.clone(), record);
+                    }
+                    _ => skipped += 1,
+                }
+            }
+        }
+        if skipped > 0 {
+            log::warn!(
+                "{}: skipped {skipped} unreadable line(s) (a torn write or corruption); the other records are kept",
+                path.display()
+            );
+        }
+        let finished_counter = records.values().map(|r| r.finished).max().unwrap_or(0);
+        let mut ledger = Ledger {
+            path,
+            file: None,
+            records,
+            lines,
+            finished_counter,
+            max_finished,
+        };
+        // Start every run from a clean, compact journal: this also drops a
+        // torn tail so new lines never follow half a line.
+        ledger.compact()?;
+        Ok(ledger)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Record> {
+        self.records.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.values()
+    }
+
+    /// Records that are not final, from this or an earlier instance.
+    pub fn unfinished(&self) -> Vec<Record> {
+        self.records
+            .values()
+            .filter(|r| !r.state.is_final())
+            .cloned()
+            .collect()
+    }
+
+    /// Stores `record` durably (fsync) before returning.
+    pub fn put(&mut self, mut record: Record) -> Result<()> {
+        if record.state.is_final() && record.finished == 0 {
+            self.finished_counter += 1;
+            record.finished = self.finished_counter;
+        }
+        let mut line = serde_json::to_vec(&record).map_err(|e| Error::Internal {
+            what: "encode ledger record",
+            message: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                return Err(Error::io(
+                    "append to",
+                    &self.path,
+                    std::io::Error::other("ledger not open"),
+                ));
+            }
+        };
+        file.write_all(&line)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io("append to", &self.path, e))?;
+        self.records.insert(record.id.clone(), record);
+        self.lines += 1;
+        if self.lines > 2 * self.records.len() + 1024 || self.finished_over_bound() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn finished_over_bound(&self) -> bool {
+        // Counting is O(n); only look when the total could be over.
+        self.records.len() > self.max_finished
+            && self.records.values().filter(|r| r.state.is_final()).count() > self.max_finished * 2
+    }
+
+    /// Rewrites the journal with one line per record, keeping every
+    /// unfinished record and the newest [`MAX_FINISHED`] finished ones.
+    fn compact(&mut self) -> Result<()> {
+        let mut finished: Vec<(u64, String)> = self
+            .records
+            .values()
+            .filter(|r| r.state.is_final())
+            .map(|r| (r.finished, r.id.clone()))
+            .collect();
+        if finished.len() > self.max_finished {
+            finished.sort();
+            for (_, id) in &finished[..finished.len() - self.max_finished] {
+                self.records.remove(id);
+            }
+        }
+        let mut text = Vec::new();
+        for record in self.records.values() {
+            if let Ok(line) = serde_json::to_vec(record) {
+                text.extend_from_slice(&line);
+                text.push(b'\n');
+            }
+        }
+        crate::state::write_atomic(&self.path, &text)?;
+        self.lines = self.records.len();
+        self.file = Some(
+            OpenOptions::new()
+                .append(true)
+                .mode(0o600)
+                .open(&self.path)
+                .map_err(|e| Error::io("open", &self.path, e))?,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("outpost-ledger-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn record(id: &str, state: State) -> Record {
+        Record {
+            id: id.into(),
+            type_name: "system_info".into(),
+            origin: Origin::Manager,
+            state,
+            seq: 1,
+            last: None,
+            process: None,
+            finished: 0,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_a_torn_tail() {
+        let d = dir("torn");
+        let mut ledger = Ledger::open(&d).unwrap();
+        ledger.put(record("a", State::Accepted)).unwrap();
+        ledger.put(record("a", State::Succeeded)).unwrap();
+        ledger.put(record("b", State::Running)).unwrap();
+        drop(ledger);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(d.join("ledger.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"id\":\"c\",\"ty").unwrap();
+        drop(f);
+        let mut ledger = Ledger::open(&d).unwrap();
+        assert_eq!(ledger.get("a").unwrap().state, State::Succeeded);
+        assert_eq!(ledger.unfinished().len(), 1);
+        assert!(ledger.get("c").is_none());
+        ledger.put(record("d", State::Failed)).unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&d).unwrap();
+        assert_eq!(
+            ledger.len(),
+            3,
+            "the torn line did not swallow the next record"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn keeps_the_newest_finished_records() {
+        let d = dir("bound");
+        let mut ledger = Ledger::open_bounded(&d, 20).unwrap();
+        ledger.put(record("still-running", State::Running)).unwrap();
+        for i in 0..70 {
+            ledger
+                .put(record(&format!("t{i}"), State::Succeeded))
+                .unwrap();
+        }
+        assert!(
+            ledger.len() <= 2 * 20 + 1,
+            "bounded while running: {}",
+            ledger.len()
+        );
+        drop(ledger);
+        let ledger = Ledger::open_bounded(&d, 20).unwrap();
+        assert!(ledger.get("still-running").is_some());
+        assert!(ledger.get("t0").is_none());
+        assert!(ledger.get("t69").is_some());
+        assert_eq!(ledger.len(), 21);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,330 @@
+//! The durable outbox of status updates (section 6.2, "at least once, in
+//! order").
+//!
+//! Every update bound for the manager is written here, one file per update
+//! (`outbox/<n>.json`, atomically and fsynced), before anything else happens
+//! to it, and the file is removed only once the manager acknowledged it
+//! (`2xx` or `409`). The sender thread sends each task's updates oldest
+//! first; one task stuck on an odd answer does not hold the others back.
+//! Past [`LIMIT`] entries the agent stops claiming new tasks, but an update
+//! is never dropped: final states are still written.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::manager::{Endpoint, Failure, Manager};
+use crate::stop::Stop;
+use crate::telemetry::{Telemetry, Worker};
+use crate::update::Update;
+
+/// Pending updates past which claiming stops.
+pub const LIMIT: usize = 10_000;
+
+struct Entry {
+    update: Update,
+    not_before: Instant,
+}
+
+struct Inner {
+    entries: BTreeMap<u64, Entry>,
+    next: u64,
+}
+
+pub struct Outbox {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    limit: usize,
+}
+
+impl Outbox {
+    /// Opens `<state>/outbox`, loading what an earlier run left. Files that
+    /// cannot be read are moved to `outbox/corrupt/` with a log line.
+    pub fn open(state_dir: &Path) -> Result<Outbox> {
+        let dir = state_dir.join("outbox");
+        crate::state::ensure_private_dir(&dir)?;
+        let mut entries = BTreeMap::new();
+        let listing = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        for item in listing.flatten() {
+            let path = item.path();
+            let name = item.file_name().to_string_lossy().into_owned();
+            if !path.is_file() || name.starts_with('.') {
+                continue;
+            }
+            let number = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse::<u64>().ok());
+            let update = crate::state::read_json::<Update>(&path);
+            match (number, update) {
+                (Some(n), Ok(Some(update))) if crate::ids::is_valid_id(&update.task_id) => {
+                    entries.insert(
+                        n,
+                        Entry {
+                            update,
+                            not_before: Instant::now(),
+                        },
+                    );
+                }
+                _ => set_aside(&dir, &path, &name),
+            }
+        }
+        let next = entries.keys().next_back().map_or(1, |n| n + 1);
+        Ok(Outbox {
+            dir,
+            inner: Mutex::new(Inner { entries, next }),
+            changed: Condvar::new(),
+            limit: LIMIT,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `update` durably and queues it for sending.
+    pub fn push(&self, update: &Update) -> Result<()> {
+        let mut inner = self.lock();
+        let n = inner.next;
+        crate::state::write_json(&self.dir.join(format!("{n:020}.json")), update)?;
+        inner.next += 1;
+        inner.entries.insert(
+            n,
+            Entry {
+                update: update.clone(),
+                not_before: Instant::now(),
+            },
+        );
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.limit
+    }
+
+    /// Every pending update, oldest first (for reconciling the ledger).
+    pub fn pending(&self) -> Vec<Update> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| e.update.clone())
+            .collect()
+    }
+
+    /// The oldest update of each task, in outbox order, whose retry time
+    /// has come; waits up to `timeout` for one.
+    fn next_ready(&self, timeout: Duration) -> Option<(u64, Update)> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            let now = Instant::now();
+            let mut seen = HashSet::new();
+            let mut soonest: Option<Instant> = None;
+            for (n, entry) in &inner.entries {
+                if !seen.insert(entry.update.task_id.as_str()) {
+                    continue; // an older update of this task goes first
+                }
+                if entry.not_before <= now {
+                    return Some((*n, entry.update.clone()));
+                }
+                soonest = Some(soonest.map_or(entry.not_before, |s| s.min(entry.not_before)));
+            }
+            let until = soonest.map_or(deadline, |s| s.min(deadline));
+            if now >= deadline {
+                return None;
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, until.saturating_duration_since(now))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn acknowledge(&self, n: u64) {
+        let mut inner = self.lock();
+        inner.entries.remove(&n);
+        let path = self.dir.join(format!("{n:020}.json"));
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::warn!("cannot remove sent update {}: {e}", path.display());
+        }
+        self.changed.notify_all();
+    }
+
+    fn defer(&self, n: u64, delay: Duration) {
+        if let Some(entry) = self.lock().entries.get_mut(&n) {
+            entry.not_before = Instant::now() + delay;
+        }
+    }
+
+    /// Makes every deferred update due now (after a re-registration).
+    fn retry_all_now(&self) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        for entry in inner.entries.values_mut() {
+            entry.not_before = now;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until the outbox is empty or `deadline` passes (shutdown).
+    pub fn wait_empty(&self, deadline: Instant) -> bool {
+        let mut inner = self.lock();
+        while !inner.entries.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+}
+
+fn set_aside(dir: &Path, path: &Path, name: &str) {
+    let corrupt = dir.join("corrupt");
+    let _ = crate::state::ensure_private_dir(&corrupt);
+    let target = corrupt.join(name);
+    log::warn!(
+        "outbox entry {} is unreadable; moved to {} (it will not be sent)",
+        path.display(),
+        target.display()
+    );
+    if std::fs::rename(path, &target).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The sender thread: delivers outbox entries to the manager until stopped.
+pub fn run_sender(outbox: Arc<Outbox>, manager: Manager, telemetry: Arc<Telemetry>, stop: Stop) {
+    let mut backoff = Backoff::new();
+    let mut registered_generation = telemetry.registrations.load(Ordering::Relaxed);
+    while !stop.is_requested() {
+        telemetry.progress(Worker::Outbox, Duration::from_secs(90));
+        let generation = telemetry.registrations.load(Ordering::Relaxed);
+        if generation != registered_generation {
+            registered_generation = generation;
+            outbox.retry_all_now();
+        }
+        let agent_id = telemetry.session().agent_id.clone();
+        let Some(agent_id) = agent_id.filter(|_| telemetry.session().registered) else {
+            if stop.wait(Duration::from_millis(200)) {
+                break;
+            }
+            continue;
+        };
+        let Some((n, update)) = outbox.next_ready(Duration::from_millis(500)) else {
+            continue;
+        };
+        match manager.status(&agent_id, &update) {
+            Ok(()) => {
+                backoff.reset();
+                outbox.acknowledge(n);
+                telemetry.updates_delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(failure) => {
+                telemetry.count_manager_error(Endpoint::Status);
+                let delay = match &failure {
+                    Failure::Unauthorized { .. } | Failure::UnknownAgent => {
+                        telemetry.request_registration();
+                        backoff.next_delay(None)
+                    }
+                    Failure::Transient { retry_after, .. } => backoff.next_delay(*retry_after),
+                    Failure::Rejected { .. } => {
+                        log::warn!(
+                            task_id = update.task_id.as_str();
+                            "status update {} of task {} refused: {failure}; retrying in {}s",
+                            update.seq,
+                            update.task_id,
+                            crate::backoff::CAP.as_secs()
+                        );
+                        outbox.defer(n, crate::backoff::CAP);
+                        continue;
+                    }
+                };
+                log::debug!(
+                    "status update of {} not delivered: {failure}",
+                    update.task_id
+                );
+                // Trouble reaching the manager holds every update back, not
+                // just this one: they would all meet the same trouble.
+                if stop.wait(delay) {
+                    break;
+                }
+            }
+        }
+    }
+    telemetry.retire(Worker::Outbox);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::State;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("outpost-outbox-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn survives_a_restart_in_order_and_sets_corrupt_entries_aside() {
+        let d = dir("restart");
+        let outbox = Outbox::open(&d).unwrap();
+        outbox.push(&Update::new("a", 1, State::Accepted)).unwrap();
+        outbox.push(&Update::new("b", 1, State::Running)).unwrap();
+        outbox.push(&Update::new("a", 2, State::Succeeded)).unwrap();
+        drop(outbox);
+        std::fs::write(d.join("outbox/00000000000000000099.json"), b"{torn").unwrap();
+        let outbox = Outbox::open(&d).unwrap();
+        assert_eq!(outbox.len(), 3);
+        assert!(d.join("outbox/corrupt/00000000000000000099.json").exists());
+        // Per task, the oldest goes first; b is not held back behind a.
+        let (n1, first) = outbox.next_ready(Duration::ZERO).unwrap();
+        assert_eq!((first.task_id.as_str(), first.seq), ("a", 1));
+        outbox.defer(n1, Duration::from_secs(60));
+        let (n2, second) = outbox.next_ready(Duration::ZERO).unwrap();
+        assert_eq!((second.task_id.as_str(), second.seq), ("b", 1));
+        outbox.acknowledge(n2);
+        assert!(
+            outbox.next_ready(Duration::from_millis(10)).is_none(),
+            "a#2 waits for a#1"
+        );
+        outbox.retry_all_now();
+        outbox.acknowledge(n1);
+        let (n3, third) = outbox.next_ready(Duration::ZERO).unwrap();
+        assert_eq!((third.task_id.as_str(), third.seq), ("a", 2));
+        outbox.acknowledge(n3);
+        assert!(outbox.is_empty());
+        let left = std::fs::read_dir(d.join("outbox"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .count();
+        assert_eq!(left, 0);
+        // Numbering continues past what was on disk.
+        drop(outbox);
+        let outbox = Outbox::open(&d).unwrap();
+        outbox.push(&Update::new("c", 1, State::Running)).unwrap();
+        assert!(d.join("outbox/00000000000000000001.json").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

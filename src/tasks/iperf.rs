@@ -1,0 +1,269 @@
+//! iperf3: the argument vectors of section 4 and the reading of iperf3's
+//! JSON into a result.
+//!
+//! Argument vectors are built from checked payloads only, and every value
+//! follows its option as a separate argument, so nothing a manager sends can
+//! become an option of its own.
+
+use serde_json::{Value, json};
+
+use super::payload::{IperfClient, IperfServer};
+
+/// Largest iperf3 JSON kept: a day-long run with per-second intervals is
+/// tens of MiB; past this the run fails with a clear error instead of
+/// taking the device's memory.
+pub const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
+
+pub fn server_args(s: &IperfServer) -> Vec<String> {
+    let mut args = vec!["-s".to_string(), "-p".into(), s.port.to_string()];
+    if let Some(bind) = s.bind {
+        args.push("-B".into());
+        args.push(bind.to_string());
+    }
+    if s.one_off {
+        args.push("-1".into());
+    }
+    args
+}
+
+pub fn client_args(c: &IperfClient) -> Vec<String> {
+    let mut args = vec![
+        "-c".to_string(),
+        c.server.clone(),
+        "-p".into(),
+        c.port.to_string(),
+    ];
+    if c.udp {
+        args.push("-u".into());
+    }
+    if let Some(bw) = &c.bandwidth {
+        args.push("-b".into());
+        args.push(bw.clone());
+    }
+    args.extend([
+        "-P".into(),
+        c.parallel.to_string(),
+        "-t".into(),
+        c.time.to_string(),
+    ]);
+    if c.reverse {
+        args.push("-R".into());
+    }
+    if c.bidir {
+        args.push("--bidir".into());
+    }
+    if c.omit > 0 {
+        args.push("-O".into());
+        args.push(c.omit.to_string());
+    }
+    args.push("-J".into());
+    args
+}
+
+/// What a finished client run amounts to.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Succeeded(Value),
+    /// `(error kind, message)`.
+    Failed(&'static str, String),
+}
+
+/// Reads a client run's output. iperf3 3.12 exits 0 on a refused
+/// connection under `-J`, so the JSON's own `error` field counts as much as
+/// the exit status.
+pub fn client_outcome(
+    exit_code: Option<i32>,
+    stdout: &[u8],
+    truncated: bool,
+    stderr_tail: &str,
+) -> Outcome {
+    if truncated {
+        return Outcome::Failed(
+            "output_too_large",
+            format!("iperf3 wrote more than {MAX_JSON_BYTES} bytes of JSON"),
+        );
+    }
+    let parsed: Option<Value> = serde_json::from_slice(stdout).ok();
+    let error = parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    match (exit_code, parsed, error) {
+        (_, _, Some(error)) => {
+            let kind = if exit_code == Some(0) {
+                "iperf3_error"
+            } else {
+                "exit_nonzero"
+            };
+            Outcome::Failed(kind, error)
+        }
+        (Some(0), Some(json), None) => {
+            let summary = summarise(&json);
+            Outcome::Succeeded(json!({ "iperf3": json, "summary": summary }))
+        }
+        (Some(0), None, None) => Outcome::Failed(
+            "invalid_output",
+            "iperf3 exited 0 but its output is not JSON".into(),
+        ),
+        (code, _, None) => {
+            let last = stderr_tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            let status = code
+                .map(|c| format!("status {c}"))
+                .unwrap_or_else(|| "a signal".into());
+            Outcome::Failed(
+                "exit_nonzero",
+                format!("iperf3 exited with {status}: {last}")
+                    .trim_end_matches(": ")
+                    .to_string(),
+            )
+        }
+    }
+}
+
+/// The `summary` of section 4; a field that does not apply is null.
+pub fn summarise(report: &Value) -> Value {
+    let end = &report["end"];
+    let udp = report["start"]["test_start"]["protocol"] == "UDP" || end.get("sum").is_some();
+    let bps = |v: &Value| v["bits_per_second"].as_f64();
+    let sent = bps(&end["sum_sent"]).or_else(|| bps(&end["sum"]));
+    let received = bps(&end["sum_received"]).or_else(|| bps(&end["sum"]));
+    let (retransmits, jitter, lost) = if udp {
+        let receiver = if end["sum_received"].is_object() {
+            &end["sum_received"]
+        } else {
+            &end["sum"]
+        };
+        (
+            Value::Null,
+            receiver["jitter_ms"]
+                .as_f64()
+                .map(Value::from)
+                .unwrap_or(Value::Null),
+            receiver["lost_percent"]
+                .as_f64()
+                .map(Value::from)
+                .unwrap_or(Value::Null),
+        )
+    } else {
+        (
+            end["sum_sent"]["retransmits"]
+                .as_u64()
+                .map(Value::from)
+                .unwrap_or(Value::Null),
+            Value::Null,
+            Value::Null,
+        )
+    };
+    json!({
+        "sent_bps": sent,
+        "received_bps": received,
+        "retransmits": retransmits,
+        "jitter_ms": jitter,
+        "lost_percent": lost,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/tests/fixtures/iperf3/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn client_argv_keeps_values_apart_from_options() {
+        let c = IperfClient {
+            server: "10.0.0.2".into(),
+            port: 5202,
+            udp: true,
+            parallel: 4,
+            time: 30,
+            bandwidth: Some("100M".into()),
+            reverse: true,
+            bidir: false,
+            omit: 2,
+        };
+        assert_eq!(
+            client_args(&c),
+            [
+                "-c", "10.0.0.2", "-p", "5202", "-u", "-b", "100M", "-P", "4", "-t", "30", "-R",
+                "-O", "2", "-J"
+            ]
+        );
+        let s = IperfServer {
+            port: 5300,
+            udp: false,
+            bind: Some("127.0.0.1".parse().unwrap()),
+            one_off: true,
+        };
+        assert_eq!(
+            server_args(&s),
+            ["-s", "-p", "5300", "-B", "127.0.0.1", "-1"]
+        );
+    }
+
+    #[test]
+    fn tcp_summary_from_a_real_run() {
+        let Outcome::Succeeded(result) =
+            client_outcome(Some(0), &fixture("tcp-3.12.json"), false, "")
+        else {
+            panic!("tcp run should succeed");
+        };
+        let s = &result["summary"];
+        assert!(s["sent_bps"].as_f64().unwrap() > 1e9);
+        assert!(s["received_bps"].as_f64().unwrap() > 1e9);
+        assert_eq!(s["retransmits"], 0);
+        assert!(s["jitter_ms"].is_null() && s["lost_percent"].is_null());
+        assert!(result["iperf3"]["end"].is_object());
+    }
+
+    #[test]
+    fn udp_summary_from_a_real_run() {
+        let Outcome::Succeeded(result) =
+            client_outcome(Some(0), &fixture("udp-3.12.json"), false, "")
+        else {
+            panic!("udp run should succeed");
+        };
+        let s = &result["summary"];
+        assert!((s["sent_bps"].as_f64().unwrap() - 10_222_062.0).abs() < 1.0);
+        assert!(s["jitter_ms"].as_f64().unwrap() > 0.0);
+        assert_eq!(s["lost_percent"], 0.0);
+        assert!(s["retransmits"].is_null());
+    }
+
+    #[test]
+    fn a_refused_connection_fails_with_iperf3s_words_despite_exit_0() {
+        assert_eq!(
+            client_outcome(Some(0), &fixture("refused-3.12.json"), false, ""),
+            Outcome::Failed(
+                "iperf3_error",
+                "unable to connect to server: Connection refused".into()
+            )
+        );
+        assert_eq!(
+            client_outcome(Some(1), b"", false, "iperf3: error - boom\n"),
+            Outcome::Failed(
+                "exit_nonzero",
+                "iperf3 exited with status 1: iperf3: error - boom".into()
+            )
+        );
+        assert!(matches!(
+            client_outcome(Some(0), b"{", false, ""),
+            Outcome::Failed("invalid_output", _)
+        ));
+        assert!(matches!(
+            client_outcome(Some(0), b"{}", true, ""),
+            Outcome::Failed("output_too_large", _)
+        ));
+    }
+}

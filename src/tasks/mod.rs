@@ -1,0 +1,848 @@
+//! The task table: every task this instance is running, and the one place
+//! task states change.
+//!
+//! It is owned by the main loop and touched by nothing else, so it needs no
+//! lock. Every state change goes through [`Tasks::emit`]: it numbers the
+//! update, makes it durable (the outbox for manager tasks, first; then the
+//! ledger; for spool tasks the ledger, then `results/<id>.json`) and only
+//! then is anything else allowed to happen. The submodules hold the task
+//! types' own knowledge: checking payloads, and iperf3's arguments and JSON.
+
+pub mod iperf;
+pub mod payload;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::clock;
+use crate::error::Result;
+use crate::ledger::{Ledger, Origin, ProcessRef, Record};
+use crate::outbox::Outbox;
+use crate::supervisor::{self, Exit, ExitStatus, Output, Spec, Started, Supervisor};
+use crate::telemetry::Telemetry;
+use crate::update::{State, Update};
+use payload::{Kind, Refusal, Task};
+
+/// One-shot tasks that are still running after this long report `accepted`.
+const ACCEPTED_AFTER: Duration = Duration::from_secs(1);
+/// How long an iperf3 server has to start listening.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a starting server's listening socket is looked for.
+const SERVER_PROBE_EVERY: Duration = Duration::from_millis(10);
+/// A client run gets its test time plus this before `timeout_s` applies by
+/// default (connection set-up, omitted seconds, the final exchange).
+const CLIENT_TIMEOUT_SLACK: Duration = Duration::from_secs(60);
+
+pub struct Settings {
+    pub iperf3: String,
+    pub stop_grace: Duration,
+    pub max_tasks: u32,
+    pub state_dir: PathBuf,
+}
+
+/// Why the agent is ending a task's process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ending {
+    /// `task_stop` or `kill_all`: the task ends `stopped`.
+    Stopped,
+    /// `timeout_s` passed: `failed` with `timeout`.
+    Timeout,
+    /// The agent is shutting down (section 8).
+    AgentStopping,
+}
+
+struct Live {
+    task: Task,
+    state: State,
+    accepted: Instant,
+    started_at: SystemTime,
+    process: Option<Started>,
+    deadline: Option<Instant>,
+    ending: Option<Ending>,
+    /// Servers: when to give up waiting for the listening socket.
+    ready_by: Option<Instant>,
+    /// kill_all / task_stop: the tasks whose end completes this one.
+    waiting_for: HashSet<String>,
+    stopped_count: u64,
+    usage: Option<(u64, Instant, f64, u64)>,
+}
+
+pub struct Tasks {
+    settings: Settings,
+    ledger: Ledger,
+    outbox: Option<Arc<Outbox>>,
+    results: PathBuf,
+    supervisor: Supervisor,
+    telemetry: Arc<Telemetry>,
+    live: BTreeMap<String, Live>,
+    by_pid: HashMap<i32, String>,
+    finished: BTreeMap<(String, String), u64>,
+    last_view: Option<Instant>,
+}
+
+impl Tasks {
+    /// Opens the ledger and results directory, reconciles the ledger with
+    /// the outbox, and settles every task an earlier instance left behind.
+    pub fn open(
+        settings: Settings,
+        outbox: Option<Arc<Outbox>>,
+        supervisor: Supervisor,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Tasks> {
+        let results = settings.state_dir.join("results");
+        crate::state::ensure_private_dir(&results)?;
+        let mut ledger = Ledger::open(&settings.state_dir)?;
+        // An update reaches the outbox before the ledger; a crash between
+        // the two leaves the outbox ahead, so the ledger catches up here.
+        if let Some(outbox) = &outbox {
+            for update in outbox.pending() {
+                if let Some(record) = ledger.get(&update.task_id).cloned()
+                    && update.seq > record.seq
+                {
+                    ledger.put(Record {
+                        state: update.state,
+                        seq: update.seq,
+                        last: Some(update),
+                        ..record
+                    })?;
+                }
+            }
+        }
+        let mut tasks = Tasks {
+            settings,
+            ledger,
+            outbox,
+            results,
+            supervisor,
+            telemetry,
+            live: BTreeMap::new(),
+            by_pid: HashMap::new(),
+            finished: BTreeMap::new(),
+            last_view: None,
+        };
+        tasks.recover();
+        tasks.refresh_view(true);
+        Ok(tasks)
+    }
+
+    /// Section 6.2, "nothing left behind": processes of the previous
+    /// instance are stopped (checked by pid and start time, so a reused pid
+    /// is never touched) and their tasks end `failed` with
+    /// `agent_restarted`.
+    fn recover(&mut self) {
+        for record in self.ledger.unfinished() {
+            if let Some(process) = record.process {
+                stop_orphan(process, self.settings.stop_grace);
+            }
+            log::info!(
+                task_id = record.id.as_str();
+                "task {} ({}) was cut off by an agent restart",
+                record.id,
+                record.type_name
+            );
+            self.emit_for(&record.id, State::Failed, |u| {
+                *u = u
+                    .clone()
+                    .with_error("agent_restarted", "the agent restarted while the task ran");
+            });
+        }
+        // A spool task's result file is written after its ledger record; a
+        // crash between the two leaves the file behind, so catch it up.
+        let stale: Vec<Update> = self
+            .ledger
+            .records()
+            .filter(|r| r.origin == Origin::Spool)
+            .filter_map(|r| r.last.clone())
+            .filter(|last| {
+                let path = self.results.join(format!("{}.json", last.task_id));
+                crate::state::read_json::<Update>(&path)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|on_disk| on_disk.seq < last.seq)
+            })
+            .collect();
+        for update in stale {
+            self.write_result(&update);
+        }
+    }
+
+    /// Free slots for claiming (section 3.3).
+    pub fn free_slots(&self) -> u32 {
+        self.settings
+            .max_tasks
+            .saturating_sub(self.live.len() as u32)
+    }
+
+    /// Takes a task from a claim or a spool file. `Err` (with the reason)
+    /// only for a task whose id breaks the id rule: it cannot be reported.
+    pub fn accept(&mut self, value: &Value, origin: Origin) -> std::result::Result<(), String> {
+        let task = match payload::decode(value) {
+            Ok(task) => task,
+            Err(Refusal::BadId { escaped }) => {
+                self.telemetry
+                    .invalid_task_ids
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let why = format!(
+                    "task id {escaped:?} breaks the id rule (1-128 of A-Z a-z 0-9 . _ : -)"
+                );
+                log::warn!("dropped a task: {why}; no update can name it");
+                return Err(why);
+            }
+            Err(Refusal::Rejected {
+                id,
+                type_name,
+                kind,
+                message,
+            }) => {
+                if self.ledger.get(&id).is_some() {
+                    self.handed_out_again(&id);
+                    return Ok(());
+                }
+                log::warn!(task_id = id.as_str(); "task {id} rejected: {message}");
+                self.new_record(&id, &type_name, origin, None);
+                self.emit_for(&id, State::Rejected, |u| {
+                    *u = u.clone().with_error(kind, message.clone());
+                });
+                return Ok(());
+            }
+        };
+        if self.ledger.get(&task.id).is_some() {
+            self.handed_out_again(&task.id);
+            return Ok(());
+        }
+        if self.live.len() as u32 >= self.settings.max_tasks {
+            let id = task.id.clone();
+            let limit = self.settings.max_tasks;
+            self.new_record(&id, task.kind.type_name(), origin, None);
+            self.emit_for(&id, State::Rejected, |u| {
+                *u = u
+                    .clone()
+                    .with_error("capacity", format!("{limit} tasks are running, the limit"));
+            });
+            return Ok(());
+        }
+        if let Kind::IperfServer(server) = &task.kind
+            && let Some(other) = self.server_on_port(server.port)
+        {
+            let id = task.id.clone();
+            self.new_record(&id, task.kind.type_name(), origin, None);
+            self.emit_for(&id, State::Rejected, |u| {
+                *u = u.clone().with_error(
+                    "invalid_payload",
+                    format!("port: {} is already served by task {other}", server.port),
+                );
+            });
+            return Ok(());
+        }
+        self.start(task, origin);
+        Ok(())
+    }
+
+    /// Section 6.2: a task id runs at most once. Its final update is sent
+    /// again when known; a task still running is left alone.
+    fn handed_out_again(&mut self, id: &str) {
+        let Some(record) = self.ledger.get(id).cloned() else {
+            return;
+        };
+        log::info!(task_id = id; "task {id} handed out again; it is not run twice");
+        if record.state.is_final()
+            && let Some(last) = record.last
+        {
+            self.deliver(record.origin, &last);
+        }
+    }
+
+    fn server_on_port(&self, port: u16) -> Option<String> {
+        self.live.values().find_map(|l| match &l.task.kind {
+            Kind::IperfServer(s) if s.port == port => Some(l.task.id.clone()),
+            _ => None,
+        })
+    }
+
+    fn new_record(
+        &mut self,
+        id: &str,
+        type_name: &str,
+        origin: Origin,
+        process: Option<ProcessRef>,
+    ) {
+        let record = Record {
+            id: id.to_string(),
+            type_name: type_name.to_string(),
+            origin,
+            state: State::Accepted,
+            seq: 0,
+            last: None,
+            process,
+            finished: 0,
+        };
+        if let Err(e) = self.ledger.put(record) {
+            log::error!(task_id = id; "cannot record task {id} in the ledger: {e}");
+        }
+    }
+
+    fn start(&mut self, task: Task, origin: Origin) {
+        let id = task.id.clone();
+        // The ledger knows the id before anything runs: at most once.
+        self.new_record(&id, task.kind.type_name(), origin, None);
+        let mut live = Live {
+            deadline: None,
+            task,
+            state: State::Accepted,
+            accepted: Instant::now(),
+            started_at: SystemTime::now(),
+            process: None,
+            ending: None,
+            ready_by: None,
+            waiting_for: HashSet::new(),
+            stopped_count: 0,
+            usage: None,
+        };
+        let spec = match &live.task.kind {
+            Kind::IperfServer(server) => Some(iperf::server_args(server)),
+            Kind::IperfClient(client) => Some(iperf::client_args(client)),
+            _ => None,
+        };
+        if let Some(args) = spec {
+            let stdout = match live.task.kind {
+                Kind::IperfClient(_) => Output::Capture {
+                    max: iperf::MAX_JSON_BYTES,
+                },
+                _ => Output::Discard,
+            };
+            let spec = Spec {
+                program: self.settings.iperf3.clone(),
+                args,
+                stdout,
+                stderr_log: None,
+            };
+            match self.supervisor.spawn(&spec) {
+                Ok(started) => {
+                    log::info!(task_id = id.as_str(); "task {id} ({}) started as pid {}", live.task.kind.type_name(), started.pid);
+                    live.process = Some(started);
+                    self.by_pid.insert(started.pid, id.clone());
+                    if let Some(mut record) = self.ledger.get(&id).cloned() {
+                        record.process = Some(ProcessRef {
+                            pid: started.pid,
+                            start_ticks: started.start_ticks,
+                        });
+                        if let Err(e) = self.ledger.put(record) {
+                            log::error!("{e}");
+                        }
+                    }
+                    live.deadline = match (&live.task.kind, live.task.timeout) {
+                        (_, Some(t)) => Some(Instant::now() + t),
+                        (Kind::IperfClient(c), None) => Some(
+                            Instant::now()
+                                + Duration::from_secs(u64::from(c.time) + u64::from(c.omit))
+                                + CLIENT_TIMEOUT_SLACK,
+                        ),
+                        _ => None,
+                    };
+                    if matches!(live.task.kind, Kind::IperfServer(_)) {
+                        live.ready_by = Some(Instant::now() + SERVER_READY_TIMEOUT);
+                    }
+                    self.live.insert(id.clone(), live);
+                    self.probe_servers();
+                }
+                Err(e) => {
+                    log::warn!(task_id = id.as_str(); "task {id}: {e}");
+                    self.emit_for(&id, State::Failed, |u| {
+                        *u = u.clone().with_error("spawn_failed", e.to_string());
+                    });
+                }
+            }
+            return;
+        }
+        match live.task.kind.clone() {
+            Kind::SystemInfo => {
+                let info = crate::sysinfo::gather(Path::new("/"));
+                let result = serde_json::to_value(info).unwrap_or(Value::Null);
+                self.emit_for(&id, State::Succeeded, |u| u.result = Some(result));
+            }
+            Kind::KillAll => {
+                let targets: Vec<String> = self
+                    .live
+                    .values()
+                    .filter(|l| l.process.is_some() && l.ending.is_none())
+                    .map(|l| l.task.id.clone())
+                    .collect();
+                live.stopped_count = targets.len() as u64;
+                for target in &targets {
+                    self.stop_task(target, Ending::Stopped);
+                }
+                live.waiting_for = targets.into_iter().collect();
+                self.live.insert(id.clone(), live);
+                self.complete_waiters();
+            }
+            Kind::TaskStop { task_id } => {
+                let stoppable = self
+                    .live
+                    .get(&task_id)
+                    .is_some_and(|l| l.process.is_some() && l.ending.is_none());
+                if !stoppable {
+                    self.emit_for(&id, State::Failed, |u| {
+                        *u = u
+                            .clone()
+                            .with_error("not_found", format!("no running task {task_id}"));
+                    });
+                    return;
+                }
+                self.stop_task(&task_id, Ending::Stopped);
+                live.waiting_for.insert(task_id);
+                self.live.insert(id.clone(), live);
+            }
+            Kind::IperfServer(_) | Kind::IperfClient(_) => {}
+        }
+    }
+
+    fn stop_task(&mut self, id: &str, why: Ending) {
+        if let Some(live) = self.live.get_mut(id)
+            && live.ending.is_none()
+        {
+            live.ending = Some(why);
+            if let Some(p) = live.process {
+                self.supervisor.stop(p.pid, self.settings.stop_grace);
+            }
+        }
+    }
+
+    /// A child ended: its task reaches a final state.
+    pub fn on_exit(&mut self, exit: Exit) {
+        let Some(id) = self.by_pid.remove(&exit.pid) else {
+            return;
+        };
+        let Some(live) = self.live.remove(&id) else {
+            return;
+        };
+        let code = match exit.status {
+            ExitStatus::Code(c) => Some(c),
+            ExitStatus::Signal(_) => None,
+        };
+        let tail = (!exit.stderr_tail.is_empty()).then(|| exit.stderr_tail.clone());
+        let pid = exit.pid;
+        match (live.ending, &live.task.kind) {
+            (Some(Ending::Stopped), _) => self.emit_for(&id, State::Stopped, |u| {
+                u.pid = Some(pid);
+                u.exit_code = code;
+            }),
+            (Some(Ending::Timeout), _) => self.emit_for(&id, State::Failed, |u| {
+                *u = u.clone().with_error(
+                    "timeout",
+                    format!(
+                        "timeout_s passed after {}s; stopped",
+                        live.accepted.elapsed().as_secs()
+                    ),
+                );
+                u.pid = Some(pid);
+                u.exit_code = code;
+                u.stderr_tail = tail.clone();
+            }),
+            (Some(Ending::AgentStopping), Kind::IperfServer(_)) => {
+                self.emit_for(&id, State::Stopped, |u| {
+                    u.pid = Some(pid);
+                    u.exit_code = code;
+                })
+            }
+            (Some(Ending::AgentStopping), _) => self.emit_for(&id, State::Failed, |u| {
+                *u = u
+                    .clone()
+                    .with_error("agent_stopped", "the agent stopped while the task ran");
+                u.pid = Some(pid);
+                u.stderr_tail = tail.clone();
+            }),
+            (None, Kind::IperfClient(_)) => {
+                match iperf::client_outcome(
+                    code,
+                    &exit.stdout,
+                    exit.stdout_truncated,
+                    &exit.stderr_tail,
+                ) {
+                    iperf::Outcome::Succeeded(result) => {
+                        self.emit_for(&id, State::Succeeded, |u| {
+                            u.pid = Some(pid);
+                            u.exit_code = code;
+                            u.result = Some(result);
+                        })
+                    }
+                    iperf::Outcome::Failed(kind, message) => {
+                        self.emit_for(&id, State::Failed, |u| {
+                            *u = u.clone().with_error(kind, message.clone());
+                            u.pid = Some(pid);
+                            u.exit_code = code;
+                            u.stderr_tail = tail.clone();
+                        })
+                    }
+                }
+            }
+            (None, _) => {
+                // A server that ends on its own has failed; iperf3's own
+                // words are the last line of its standard error.
+                let words = exit
+                    .stderr_tail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let message = if words.is_empty() {
+                    format!("iperf3 {}", exit.status.describe())
+                } else {
+                    words
+                };
+                let kind = match code {
+                    Some(0) if live.state == State::Running => "exited",
+                    _ => "exit_nonzero",
+                };
+                // A one-off server that served its client is done, not broken.
+                let one_off_done = matches!(&live.task.kind, Kind::IperfServer(s) if s.one_off)
+                    && code == Some(0)
+                    && live.state == State::Running;
+                if one_off_done {
+                    self.emit_for(&id, State::Succeeded, |u| {
+                        u.pid = Some(pid);
+                        u.exit_code = code;
+                    });
+                } else {
+                    self.emit_for(&id, State::Failed, |u| {
+                        *u = u.clone().with_error(kind, message.clone());
+                        u.pid = Some(pid);
+                        u.exit_code = code;
+                        u.stderr_tail = tail.clone();
+                    });
+                }
+            }
+        }
+        self.complete_waiters();
+        self.refresh_view(true);
+    }
+
+    /// kill_all and task_stop succeed once what they stopped has ended.
+    fn complete_waiters(&mut self) {
+        let done: Vec<(String, u64, bool)> = self
+            .live
+            .values()
+            .filter(|l| matches!(l.task.kind, Kind::KillAll | Kind::TaskStop { .. }))
+            .filter(|l| l.waiting_for.iter().all(|t| !self.live.contains_key(t)))
+            .map(|l| {
+                (
+                    l.task.id.clone(),
+                    l.stopped_count,
+                    matches!(l.task.kind, Kind::KillAll),
+                )
+            })
+            .collect();
+        for (id, stopped, is_kill_all) in done {
+            self.live.remove(&id);
+            self.emit_for(&id, State::Succeeded, |u| {
+                if is_kill_all {
+                    u.result = Some(json!({ "stopped": stopped }));
+                }
+            });
+        }
+    }
+
+    /// Time-driven work: `accepted` after a second, timeouts, servers
+    /// becoming ready. Returns when it wants to be called again.
+    pub fn tick(&mut self) -> Duration {
+        let now = Instant::now();
+        let due_accepted: Vec<String> = self
+            .live
+            .values()
+            .filter(|l| {
+                l.state == State::Accepted && now.duration_since(l.accepted) >= ACCEPTED_AFTER
+            })
+            .map(|l| l.task.id.clone())
+            .collect();
+        for id in due_accepted {
+            let pid = self.live.get(&id).and_then(|l| l.process.map(|p| p.pid));
+            self.emit_for(&id, State::Accepted, |u| u.pid = pid);
+        }
+        let timed_out: Vec<String> = self
+            .live
+            .values()
+            .filter(|l| l.ending.is_none() && l.deadline.is_some_and(|d| d <= now))
+            .map(|l| l.task.id.clone())
+            .collect();
+        for id in timed_out {
+            log::warn!(task_id = id.as_str(); "task {id} ran past its timeout; stopping it");
+            self.stop_task(&id, Ending::Timeout);
+        }
+        self.probe_servers();
+        self.refresh_view(false);
+        if self.live.values().any(|l| l.ready_by.is_some()) {
+            SERVER_PROBE_EVERY
+        } else {
+            Duration::from_millis(500)
+        }
+    }
+
+    /// A server is `running` once its port accepts connections: once a
+    /// socket of its process listens on the port. Looking it up in /proc
+    /// instead of connecting matters: iperf3 takes any connection for a
+    /// test, and a probe would use up a `one_off` server.
+    fn probe_servers(&mut self) {
+        let now = Instant::now();
+        let starting: Vec<(String, i32, u16, Instant)> = self
+            .live
+            .values()
+            .filter_map(|l| match (&l.task.kind, l.process, l.ready_by) {
+                (Kind::IperfServer(s), Some(p), Some(by)) if l.ending.is_none() => {
+                    Some((l.task.id.clone(), p.pid, s.port, by))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, pid, port, by) in starting {
+            if is_listening(Path::new("/"), pid, port) {
+                if let Some(l) = self.live.get_mut(&id) {
+                    l.ready_by = None;
+                }
+                self.emit_for(&id, State::Running, |u| {
+                    u.pid = Some(pid);
+                    u.result = Some(json!({ "port": port }));
+                });
+            } else if now >= by {
+                log::warn!(task_id = id.as_str(); "iperf3 server {id} did not listen on port {port} within {}s", SERVER_READY_TIMEOUT.as_secs());
+                self.stop_task(&id, Ending::Timeout);
+            }
+        }
+    }
+
+    /// Section 8: stop every child; the exits arrive through `on_exit`.
+    pub fn begin_shutdown(&mut self) {
+        let ids: Vec<String> = self.live.keys().cloned().collect();
+        for id in ids {
+            if let Some(live) = self.live.get_mut(&id) {
+                live.ending = Some(Ending::AgentStopping);
+                if let Some(p) = live.process {
+                    self.supervisor.stop(p.pid, self.settings.stop_grace);
+                }
+            }
+        }
+    }
+
+    /// True once no task has a process left.
+    pub fn all_processes_gone(&self) -> bool {
+        self.live.values().all(|l| l.process.is_none())
+    }
+
+    /// Records what shutdown leaves: tasks without a process (kill_all,
+    /// task_stop waiting) end `failed` with `agent_stopped`.
+    pub fn finish_shutdown(&mut self) {
+        let ids: Vec<String> = self.live.keys().cloned().collect();
+        for id in ids {
+            let Some(live) = self.live.remove(&id) else {
+                continue;
+            };
+            if let Some(p) = live.process {
+                log::warn!(task_id = id.as_str(); "task {id}: pid {} did not exit in time", p.pid);
+            }
+            self.emit_for(&id, State::Failed, |u| {
+                *u = u
+                    .clone()
+                    .with_error("agent_stopped", "the agent stopped while the task ran");
+            });
+        }
+        self.refresh_view(true);
+    }
+
+    /// Makes one state change durable and sends it on its way.
+    fn emit_for(&mut self, id: &str, state: State, fill: impl FnOnce(&mut Update)) {
+        let Some(mut record) = self.ledger.get(id).cloned() else {
+            log::error!(task_id = id; "state change for task {id}, which the ledger does not know");
+            return;
+        };
+        let mut update = Update::new(id, record.seq + 1, state);
+        fill(&mut update);
+        update.task_id = id.to_string();
+        update.seq = record.seq + 1;
+        update.state = state;
+        if let Some(live) = self.live.get_mut(id) {
+            live.state = state;
+        }
+        if record.origin == Origin::Manager
+            && let Some(outbox) = &self.outbox
+            && let Err(e) = outbox.push(&update)
+        {
+            log::error!(task_id = id; "cannot write update {} of task {id} to the outbox: {e}", update.seq);
+        }
+        record.state = state;
+        record.seq = update.seq;
+        record.last = Some(update.clone());
+        if state.is_final() {
+            record.process = None;
+            *self
+                .finished
+                .entry((record.type_name.clone(), state.label().to_string()))
+                .or_insert(0) += 1;
+            log::info!(task_id = id; "task {id} {}{}", state.label(), update.error.as_ref().map(|e| format!(": {} ({})", e.message, e.kind)).unwrap_or_default());
+        }
+        let origin = record.origin;
+        if let Err(e) = self.ledger.put(record) {
+            log::error!(task_id = id; "cannot record task {id} in the ledger: {e}");
+        }
+        if origin == Origin::Spool {
+            self.write_result(&update);
+        }
+    }
+
+    /// Sends an already-numbered update again (a re-handed-out final task).
+    fn deliver(&mut self, origin: Origin, update: &Update) {
+        match origin {
+            Origin::Manager => {
+                if let Some(outbox) = &self.outbox
+                    && let Err(e) = outbox.push(update)
+                {
+                    log::error!("{e}");
+                }
+            }
+            Origin::Spool => self.write_result(update),
+        }
+    }
+
+    fn write_result(&self, update: &Update) {
+        let path = self.results.join(format!("{}.json", update.task_id));
+        if let Err(e) = crate::state::write_json(&path, update) {
+            log::error!(task_id = update.task_id.as_str(); "{e}");
+        }
+    }
+
+    /// Publishes reports and counters for the heartbeat, /status and
+    /// /metrics; process usage is read at most once a second.
+    pub fn refresh_view(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force
+            && self
+                .last_view
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_view = Some(now);
+        let hz = supervisor::ticks_per_second() as f64;
+        let mut reports = Vec::with_capacity(self.live.len());
+        for live in self.live.values_mut() {
+            let mut report = json!({
+                "id": live.task.id,
+                "type": live.task.kind.type_name(),
+                "state": live.state.label(),
+                "started_at": clock::rfc3339(live.started_at),
+                "restarts": 0,
+            });
+            if let Some(p) = live.process {
+                report["pid"] = json!(p.pid);
+                if let Some((ticks, rss)) = supervisor::usage(Path::new("/"), p.pid) {
+                    let cpu = match live.usage {
+                        Some((last_ticks, at, _, _)) if now > at => {
+                            let secs = now.duration_since(at).as_secs_f64();
+                            (ticks.saturating_sub(last_ticks) as f64 / hz / secs * 100.0 * 10.0)
+                                .round()
+                                / 10.0
+                        }
+                        Some((_, _, cpu, _)) => cpu,
+                        None => 0.0,
+                    };
+                    live.usage = Some((ticks, now, cpu, rss));
+                    report["cpu_percent"] = json!(cpu);
+                    report["rss_bytes"] = json!(rss);
+                }
+            }
+            reports.push(report);
+        }
+        let pending = self.outbox.as_ref().map_or(0, |o| o.len());
+        let full = self.outbox.as_ref().is_some_and(|o| o.is_full());
+        let free = self.free_slots();
+        let mut view = self.telemetry.task_view();
+        view.reports = reports;
+        view.free_slots = free;
+        view.outbox_pending = pending;
+        view.outbox_full = full;
+        view.finished = self.finished.clone();
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.live.len()
+    }
+}
+
+/// Stops a process of an earlier instance if it is still that process:
+/// SIGTERM to its group, SIGKILL after the grace period.
+fn stop_orphan(process: ProcessRef, grace: Duration) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    if !supervisor::is_same_process(process.pid, process.start_ticks) {
+        return;
+    }
+    log::info!(
+        "stopping pid {} left by the previous agent instance",
+        process.pid
+    );
+    let group = Pid::from_raw(process.pid);
+    let _ = killpg(group, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && supervisor::is_same_process(process.pid, process.start_ticks)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// True when a socket of `pid` is listening on TCP `port` (IPv4 or IPv6),
+/// read from `<root>/proc/net/tcp{,6}` and `<root>/proc/<pid>/fd`.
+pub fn is_listening(root: &Path, pid: i32, port: u16) -> bool {
+    let mut inodes = HashSet::new();
+    for file in ["proc/net/tcp", "proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(root.join(file)) {
+            inodes.extend(listening_inodes(&text, port));
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(root.join(format!("proc/{pid}/fd"))) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| {
+                let t = target.to_string_lossy().into_owned();
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|inode| inodes.contains(&inode))
+    })
+}
+
+/// Inodes of sockets in state LISTEN (0A) on `port`, from /proc/net/tcp text.
+pub fn listening_inodes(text: &str, port: u16) -> Vec<u64> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && *fields.get(3)? == "0A").then(|| fields.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_listening_sockets_in_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1451 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1451 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(listening_inodes(text, 5201), [31337]);
+        assert!(listening_inodes(text, 5202).is_empty());
+    }
+}

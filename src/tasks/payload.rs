@@ -1,0 +1,460 @@
+//! Decoding and checking a Task (PROTOCOL.md section 4) before anything runs.
+//!
+//! Every field is checked here, once, into typed values; nothing downstream
+//! sees raw JSON. Values that end up in iperf3's argument vector are checked
+//! so that none can be taken for an option (a server name such as `-D` would
+//! otherwise turn a client run into a daemon).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::ids;
+
+/// The task types this build runs.
+pub const TYPES: &[&str] = &[
+    "iperf_server_start",
+    "iperf_client_run",
+    "kill_all",
+    "task_stop",
+    "system_info",
+];
+
+/// A task that passed every check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub kind: Kind,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    IperfServer(IperfServer),
+    IperfClient(IperfClient),
+    KillAll,
+    TaskStop { task_id: String },
+    SystemInfo,
+}
+
+impl Kind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Kind::IperfServer(_) => "iperf_server_start",
+            Kind::IperfClient(_) => "iperf_client_run",
+            Kind::KillAll => "kill_all",
+            Kind::TaskStop { .. } => "task_stop",
+            Kind::SystemInfo => "system_info",
+        }
+    }
+
+    /// One-shot tasks end by themselves; the others run until stopped.
+    pub fn is_one_shot(&self) -> bool {
+        !matches!(self, Kind::IperfServer(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IperfServer {
+    pub port: u16,
+    pub udp: bool,
+    pub bind: Option<IpAddr>,
+    pub one_off: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IperfClient {
+    pub server: String,
+    pub port: u16,
+    pub udp: bool,
+    pub parallel: u32,
+    pub time: u32,
+    pub bandwidth: Option<String>,
+    pub reverse: bool,
+    pub bidir: bool,
+    pub omit: u32,
+}
+
+/// Why a task was not accepted.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// The id breaks the id rule: no update can be sent; log and count only.
+    BadId { escaped: String },
+    /// `rejected` with this error kind and message.
+    Rejected {
+        id: String,
+        type_name: String,
+        kind: &'static str,
+        message: String,
+    },
+}
+
+/// Checks a task as it came from a claim or a spool file.
+pub fn decode(value: &Value) -> Result<Task, Refusal> {
+    let Some(object) = value.as_object() else {
+        return Err(Refusal::BadId {
+            escaped: ids::escape_for_log(&value.to_string()),
+        });
+    };
+    let id = match object.get("id") {
+        Some(Value::String(id)) if ids::is_valid_id(id) => id.clone(),
+        Some(Value::String(id)) => {
+            return Err(Refusal::BadId {
+                escaped: ids::escape_for_log(id),
+            });
+        }
+        other => {
+            return Err(Refusal::BadId {
+                escaped: ids::escape_for_log(&other.map(Value::to_string).unwrap_or_default()),
+            });
+        }
+    };
+    let type_name = object
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let reject = |kind: &'static str, message: String| Refusal::Rejected {
+        id: id.clone(),
+        type_name: type_name.clone(),
+        kind,
+        message,
+    };
+    let empty = Map::new();
+    let payload = match object.get("payload") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(p)) => p,
+        Some(_) => {
+            return Err(reject(
+                "invalid_payload",
+                "payload: must be an object".into(),
+            ));
+        }
+    };
+    let timeout = match object.get("timeout_s") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(s) if s > 0.0 && s <= 7.0 * 86_400.0 => Some(Duration::from_secs_f64(s)),
+            _ => {
+                return Err(reject(
+                    "invalid_payload",
+                    format!("timeout_s: {v} is not a number of seconds from 0 to 604800"),
+                ));
+            }
+        },
+    };
+    let fields = Fields(payload);
+    let kind = match type_name.as_str() {
+        "iperf_server_start" => fields.iperf_server(),
+        "iperf_client_run" => fields.iperf_client(),
+        "kill_all" => Ok(Kind::KillAll),
+        "task_stop" => fields.task_stop(),
+        "system_info" => Ok(Kind::SystemInfo),
+        "" => return Err(reject("unknown_type", "type: missing".into())),
+        other => {
+            return Err(reject(
+                "unknown_type",
+                format!(
+                    "type: {:?} is not one this agent runs",
+                    ids::escape_for_log(other)
+                ),
+            ));
+        }
+    }
+    .map_err(|message| reject("invalid_payload", message))?;
+    Ok(Task { id, kind, timeout })
+}
+
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn bool(&self, name: &str, default: bool) -> Result<bool, String> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(format!("{name}: {v} is not true or false")),
+        }
+    }
+
+    fn int(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "{name}: {v} is not a whole number from {min} to {max}"
+                )),
+            },
+        }
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&str>, String> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(format!("{name}: {v} is not a string")),
+        }
+    }
+
+    fn port(&self) -> Result<u16, String> {
+        self.int("port", 5201, 1024, 65535).map(|p| p as u16)
+    }
+
+    fn iperf_server(&self) -> Result<Kind, String> {
+        let bind = match self.string("bind")? {
+            None => None,
+            Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+                format!("bind: {:?} is not an IP address", ids::escape_for_log(text))
+            })?),
+        };
+        Ok(Kind::IperfServer(IperfServer {
+            port: self.port()?,
+            udp: self.bool("udp", false)?,
+            bind,
+            one_off: self.bool("one_off", false)?,
+        }))
+    }
+
+    fn iperf_client(&self) -> Result<Kind, String> {
+        let server = self
+            .string("server")?
+            .ok_or_else(|| "server: required".to_string())?;
+        check_host(server)?;
+        let bandwidth = match self.string("bandwidth")? {
+            None => None,
+            Some(b) if is_bandwidth(b) => Some(b.to_string()),
+            Some(b) => {
+                return Err(format!(
+                    "bandwidth: {:?} is not iperf3 -b syntax such as 0, 100M or 1G/10",
+                    ids::escape_for_log(b)
+                ));
+            }
+        };
+        let reverse = self.bool("reverse", false)?;
+        let bidir = self.bool("bidir", false)?;
+        if reverse && bidir {
+            return Err("reverse, bidir: only one of them can be true".into());
+        }
+        Ok(Kind::IperfClient(IperfClient {
+            server: server.to_string(),
+            port: self.port()?,
+            udp: self.bool("udp", false)?,
+            parallel: self.int("parallel", 1, 1, 128)? as u32,
+            time: self.int("time", 10, 1, 86_400)? as u32,
+            bandwidth,
+            reverse,
+            bidir,
+            omit: self.int("omit", 0, 0, 600)? as u32,
+        }))
+    }
+
+    fn task_stop(&self) -> Result<Kind, String> {
+        let task_id = self
+            .string("task_id")?
+            .ok_or_else(|| "task_id: required".to_string())?;
+        if !ids::is_valid_id(task_id) {
+            return Err(format!(
+                "task_id: {:?} is not a valid task id",
+                ids::escape_for_log(task_id)
+            ));
+        }
+        Ok(Kind::TaskStop {
+            task_id: task_id.to_string(),
+        })
+    }
+}
+
+/// An IP address, or a DNS name of at most 253 characters made of labels
+/// of letters, digits and inner hyphens. Neither form can start with `-`.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let valid_label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if host.len() <= 253 && !name.is_empty() && name.split('.').all(valid_label) {
+        Ok(())
+    } else {
+        Err(format!(
+            "server: {:?} is not an IP address or a DNS name",
+            ids::escape_for_log(host)
+        ))
+    }
+}
+
+/// iperf3's `-b` syntax: a number, an optional K/M/G/T suffix, an optional
+/// `/burst` count.
+fn is_bandwidth(text: &str) -> bool {
+    let (rate, burst) = match text.split_once('/') {
+        Some((r, b)) => (r, Some(b)),
+        None => (text, None),
+    };
+    let rate = rate
+        .strip_suffix(['k', 'K', 'm', 'M', 'g', 'G', 't', 'T'])
+        .unwrap_or(rate);
+    let number_ok = !rate.is_empty()
+        && rate.len() <= 20
+        && rate.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && rate.bytes().filter(|b| *b == b'.').count() <= 1
+        && rate.as_bytes()[0].is_ascii_digit();
+    let burst_ok = burst
+        .is_none_or(|b| !b.is_empty() && b.len() <= 6 && b.bytes().all(|c| c.is_ascii_digit()));
+    number_ok && burst_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rejected(v: Value) -> (String, String) {
+        match decode(&v) {
+            Err(Refusal::Rejected { kind, message, .. }) => (kind.to_string(), message),
+            other => panic!("expected a rejection for {v}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let task = decode(
+            &json!({"id": "t-1", "type": "iperf_client_run", "payload": {"server": "10.0.0.1"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            task.kind,
+            Kind::IperfClient(IperfClient {
+                server: "10.0.0.1".into(),
+                port: 5201,
+                udp: false,
+                parallel: 1,
+                time: 10,
+                bandwidth: None,
+                reverse: false,
+                bidir: false,
+                omit: 0
+            })
+        );
+        let task = decode(&json!({"id": "s", "type": "iperf_server_start", "unknown": 1})).unwrap();
+        assert_eq!(
+            task.kind,
+            Kind::IperfServer(IperfServer {
+                port: 5201,
+                udp: false,
+                bind: None,
+                one_off: false
+            })
+        );
+    }
+
+    #[test]
+    fn bad_ids_get_no_update() {
+        for v in [
+            json!({"id": "../x", "type": "kill_all"}),
+            json!({"id": 7}),
+            json!({"type": "kill_all"}),
+            json!("x"),
+        ] {
+            assert!(matches!(decode(&v), Err(Refusal::BadId { .. })), "{v}");
+        }
+    }
+
+    #[test]
+    fn every_field_rule_names_its_field() {
+        let client =
+            |payload: Value| json!({"id": "t", "type": "iperf_client_run", "payload": payload});
+        let cases = [
+            (client(json!({})), "server"),
+            (client(json!({"server": "-D"})), "server"),
+            (client(json!({"server": "--logfile=/etc/x"})), "server"),
+            (client(json!({"server": "a b"})), "server"),
+            (client(json!({"server": "x".repeat(254)})), "server"),
+            (client(json!({"server": "h", "port": 80})), "port"),
+            (client(json!({"server": "h", "port": 70000})), "port"),
+            (client(json!({"server": "h", "port": "5201"})), "port"),
+            (client(json!({"server": "h", "udp": "yes"})), "udp"),
+            (client(json!({"server": "h", "parallel": 0})), "parallel"),
+            (client(json!({"server": "h", "parallel": 129})), "parallel"),
+            (client(json!({"server": "h", "time": 0})), "time"),
+            (client(json!({"server": "h", "time": 86401})), "time"),
+            (
+                client(json!({"server": "h", "bandwidth": "-1"})),
+                "bandwidth",
+            ),
+            (
+                client(json!({"server": "h", "bandwidth": "fast"})),
+                "bandwidth",
+            ),
+            (client(json!({"server": "h", "omit": 601})), "omit"),
+            (
+                client(json!({"server": "h", "reverse": true, "bidir": true})),
+                "reverse",
+            ),
+            (
+                json!({"id": "t", "type": "iperf_server_start", "payload": {"bind": "eth0"}}),
+                "bind",
+            ),
+            (
+                json!({"id": "t", "type": "iperf_server_start", "payload": {"one_off": 1}}),
+                "one_off",
+            ),
+            (
+                json!({"id": "t", "type": "task_stop", "payload": {}}),
+                "task_id",
+            ),
+            (
+                json!({"id": "t", "type": "task_stop", "payload": {"task_id": "../../x"}}),
+                "task_id",
+            ),
+            (
+                json!({"id": "t", "type": "kill_all", "payload": []}),
+                "payload",
+            ),
+            (
+                json!({"id": "t", "type": "kill_all", "timeout_s": -1}),
+                "timeout_s",
+            ),
+        ];
+        for (task, field) in cases {
+            let (kind, message) = rejected(task.clone());
+            assert_eq!(kind, "invalid_payload", "{task}");
+            assert!(message.starts_with(field), "{task}: {message}");
+        }
+    }
+
+    #[test]
+    fn unknown_types_are_named() {
+        let (kind, message) = rejected(json!({"id": "t", "type": "format_disk"}));
+        assert_eq!(kind, "unknown_type");
+        assert!(message.contains("format_disk"));
+        assert_eq!(rejected(json!({"id": "t"})).0, "unknown_type");
+    }
+
+    #[test]
+    fn hosts_and_bandwidths() {
+        for ok in [
+            "10.0.0.1",
+            "::1",
+            "fe80::1",
+            "iperf.example.com",
+            "a-b.c",
+            "host.",
+        ] {
+            assert!(check_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["-c", "", "a..b", "-a.b", "a-.b", "a_b", "a/b"] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+        for ok in ["0", "100M", "1.5G", "10k", "1G/10"] {
+            assert!(is_bandwidth(ok), "{ok}");
+        }
+        for bad in ["", "M", "-1", "1X", ".5", "1/", "1M/x", "1..2"] {
+            assert!(!is_bandwidth(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! One task state change: the body of a status update (section 3.4), and
+//! the record the outbox, the ledger and the spool's results files keep.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Accepted,
+    Running,
+    Succeeded,
+    Failed,
+    Stopped,
+    Rejected,
+}
+
+impl State {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            State::Succeeded | State::Failed | State::Stopped | State::Rejected
+        )
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Accepted => "accepted",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Stopped => "stopped",
+            State::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub kind: String,
+    pub message: String,
+}
+
+/// A status update; `agent_id` is added when it is sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    pub task_id: String,
+    pub seq: u64,
+    pub state: State,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_tail: Option<String>,
+}
+
+impl Update {
+    pub fn new(task_id: &str, seq: u64, state: State) -> Update {
+        Update {
+            task_id: task_id.to_string(),
+            seq,
+            state,
+            at: crate::clock::now_rfc3339(),
+            pid: None,
+            exit_code: None,
+            result: None,
+            error: None,
+            stderr_tail: None,
+        }
+    }
+
+    pub fn with_error(mut self, kind: &str, message: impl Into<String>) -> Update {
+        self.error = Some(TaskError {
+            kind: kind.to_string(),
+            message: message.into(),
+        });
+        self
+    }
+}
