@@ -193,6 +193,8 @@ impl Heartbeat {
 
     fn beat(&self, agent_id: &str, seq: u64) -> Result<(), Failure> {
         let snapshot = self.telemetry.snapshot();
+        // One guard at a time: two in one expression would deadlock.
+        let view = self.telemetry.task_view().clone();
         let body = HeartbeatRequest {
             agent_id,
             instance_id: &self.telemetry.instance_id,
@@ -200,8 +202,8 @@ impl Heartbeat {
             sent_at: clock::rfc3339(SystemTime::now()),
             uptime_s: (self.telemetry.uptime().as_secs_f64() * 10.0).round() / 10.0,
             metrics: snapshot.as_deref(),
-            tasks: self.telemetry.task_view().reports.clone(),
-            pending_updates: self.telemetry.task_view().outbox_pending as u64,
+            tasks: view.reports,
+            pending_updates: view.outbox_pending as u64,
         };
         let idempotency_key = format!("heartbeat:{}:{seq}", self.telemetry.instance_id);
         match self.manager.heartbeat(&body, &idempotency_key) {

@@ -237,6 +237,7 @@ impl Telemetry {
     /// `/status`: identity, manager connection, tasks, outbox.
     pub fn status_json(&self) -> String {
         let session = self.session().clone();
+        let view = self.task_view().clone();
         let body = serde_json::json!({
             "name": self.name,
             "version": env!("CARGO_PKG_VERSION"),
@@ -259,10 +260,10 @@ impl Telemetry {
                 "heartbeats_sent": self.heartbeats_sent.load(Ordering::Relaxed),
                 "heartbeats_failed": self.heartbeats_failed.load(Ordering::Relaxed),
             },
-            "tasks": self.task_view().reports,
+            "tasks": view.reports,
             "outbox": {
-                "pending": self.task_view().outbox_pending,
-                "full": self.task_view().outbox_full,
+                "pending": view.outbox_pending,
+                "full": view.outbox_full,
                 "delivered": self.updates_delivered.load(Ordering::Relaxed),
             },
         });

@@ -125,6 +125,23 @@ pub fn client_outcome(
     }
 }
 
+/// The line of iperf3's standard error that says what went wrong: the last
+/// one mentioning an error, else the last non-empty one.
+pub fn last_error_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("error"))
+        .or(lines.last())
+        .map(|l| l.to_string())
+        .unwrap_or_default()
+}
+
 /// The `summary` of section 4; a field that does not apply is null.
 pub fn summarise(report: &Value) -> Value {
     let end = &report["end"];
@@ -210,6 +227,14 @@ mod tests {
             server_args(&s),
             ["-s", "-p", "5300", "-B", "127.0.0.1", "-1"]
         );
+    }
+
+    #[test]
+    fn picks_the_error_line() {
+        let tail = "iperf3: error - unable to start listener for connections: Address already in use\niperf3: exiting\n";
+        assert!(last_error_line(tail).ends_with("Address already in use"));
+        assert_eq!(last_error_line("just this\n\n"), "just this");
+        assert_eq!(last_error_line(""), "");
     }
 
     #[test]

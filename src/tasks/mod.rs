@@ -58,6 +58,8 @@ enum Ending {
 struct Live {
     task: Task,
     state: State,
+    /// `accepted` has been reported (tasks that take over a second).
+    accepted_reported: bool,
     accepted: Instant,
     started_at: SystemTime,
     process: Option<Started>,
@@ -293,6 +295,7 @@ impl Tasks {
             deadline: None,
             task,
             state: State::Accepted,
+            accepted_reported: false,
             accepted: Instant::now(),
             started_at: SystemTime::now(),
             process: None,
@@ -480,16 +483,9 @@ impl Tasks {
                 }
             }
             (None, _) => {
-                // A server that ends on its own has failed; iperf3's own
-                // words are the last line of its standard error.
-                let words = exit
-                    .stderr_tail
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
+                // A server that ends on its own has failed, in iperf3's own
+                // words: its last error line (it ends with "iperf3: exiting").
+                let words = iperf::last_error_line(&exit.stderr_tail);
                 let message = if words.is_empty() {
                     format!("iperf3 {}", exit.status.describe())
                 } else {
@@ -555,11 +551,16 @@ impl Tasks {
             .live
             .values()
             .filter(|l| {
-                l.state == State::Accepted && now.duration_since(l.accepted) >= ACCEPTED_AFTER
+                l.state == State::Accepted
+                    && !l.accepted_reported
+                    && now.duration_since(l.accepted) >= ACCEPTED_AFTER
             })
             .map(|l| l.task.id.clone())
             .collect();
         for id in due_accepted {
+            if let Some(l) = self.live.get_mut(&id) {
+                l.accepted_reported = true;
+            }
             let pid = self.live.get(&id).and_then(|l| l.process.map(|p| p.pid));
             self.emit_for(&id, State::Accepted, |u| u.pid = pid);
         }

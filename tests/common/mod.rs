@@ -70,6 +70,7 @@ pub struct FakeManager {
     prefix: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     script: Arc<Mutex<Script>>,
+    queue: Arc<Mutex<std::collections::VecDeque<Value>>>,
 }
 
 /// The default manager: registers everyone as `a-test`, acknowledges the rest.
@@ -92,16 +93,19 @@ impl FakeManager {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(Box::new(default_reply)));
+        let queue = Arc::new(Mutex::new(std::collections::VecDeque::new()));
         {
             let seen = seen.clone();
             let script = script.clone();
             let prefix = prefix.to_string();
+            let queue = queue.clone();
             std::thread::spawn(move || {
                 for stream in listener.incoming().flatten() {
                     let seen = seen.clone();
                     let script = script.clone();
                     let prefix = prefix.clone();
-                    std::thread::spawn(move || serve(stream, &prefix, &seen, &script));
+                    let queue = queue.clone();
+                    std::thread::spawn(move || serve(stream, &prefix, &seen, &script, &queue));
                 }
             });
         }
@@ -110,6 +114,48 @@ impl FakeManager {
             prefix: prefix.to_string(),
             seen,
             script,
+            queue,
+        }
+    }
+
+    /// Queues a task for the next claim (the long poll answers at once).
+    pub fn hand_out(&self, task: Value) {
+        self.queue.lock().unwrap().push_back(task);
+    }
+
+    /// Status update bodies of `task_id`, in arrival order.
+    pub fn updates(&self, task_id: &str) -> Vec<Value> {
+        let path = format!("/v1/agent/tasks/{task_id}/status");
+        self.seen()
+            .into_iter()
+            .filter(|s| s.path == path)
+            .map(|s| s.body)
+            .collect()
+    }
+
+    /// Waits for an update of `task_id` in `state`; returns its body.
+    pub fn wait_state(&self, task_id: &str, state: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(u) = self
+                .updates(task_id)
+                .into_iter()
+                .find(|u| u["state"] == state)
+            {
+                return u;
+            }
+            if Instant::now() > deadline {
+                let paths: Vec<String> = self
+                    .seen()
+                    .iter()
+                    .map(|s| format!("{} {}?{}", s.method, s.path, s.query))
+                    .collect();
+                panic!(
+                    "no {state} update for {task_id}; updates: {:#?}; requests: {paths:#?}",
+                    self.updates(task_id)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -153,7 +199,13 @@ fn summary(seen: &[Seen]) -> Vec<String> {
 }
 
 /// One request per connection: the answers say `Connection: close`.
-fn serve(mut stream: TcpStream, prefix: &str, seen: &Mutex<Vec<Seen>>, script: &Mutex<Script>) {
+fn serve(
+    mut stream: TcpStream,
+    prefix: &str,
+    seen: &Mutex<Vec<Seen>>,
+    script: &Mutex<Script>,
+    queue: &Mutex<std::collections::VecDeque<Value>>,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
@@ -206,7 +258,27 @@ fn serve(mut stream: TcpStream, prefix: &str, seen: &Mutex<Vec<Seen>>, script: &
             at: Instant::now(),
         };
         seen.lock().unwrap().push(request.clone());
-        let reply = (script.lock().unwrap())(&request);
+        let reply = if request.path == "/v1/agent/tasks/claim" {
+            // A long poll, held at most a second so tests stay quick.
+            let max = request.body["max_tasks"].as_u64().unwrap_or(1) as usize;
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                let tasks: Vec<Value> = {
+                    let mut q = queue.lock().unwrap();
+                    let n = q.len().min(max);
+                    q.drain(..n).collect()
+                };
+                if !tasks.is_empty() {
+                    break Reply::json(200, serde_json::json!({ "tasks": tasks }));
+                }
+                if Instant::now() > deadline {
+                    break (script.lock().unwrap())(&request);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        } else {
+            (script.lock().unwrap())(&request)
+        };
         let mut out = format!(
             "HTTP/1.1 {} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n",
             reply.status,
@@ -434,6 +506,68 @@ pub fn raw_request(addr: &str, request: &[u8]) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Children of `pid` that are zombies (state Z in /proc/<child>/stat).
+pub fn zombie_children(pid: u32) -> Vec<i32> {
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str()) {
+            zombies.push(child);
+        }
+    }
+    zombies
+}
+
+/// Processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+pub fn port_is_closed(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_err()
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn eventually(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Fails with the Debian package to install when a tool is missing.
