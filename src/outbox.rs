@@ -46,6 +46,11 @@ impl Outbox {
     /// Opens `<state>/outbox`, loading what an earlier run left. Files that
     /// cannot be read are moved to `outbox/corrupt/` with a log line.
     pub fn open(state_dir: &Path) -> Result<Outbox> {
+        Outbox::open_with_limit(state_dir, LIMIT)
+    }
+
+    /// Like [`Outbox::open`] with another limit.
+    pub fn open_with_limit(state_dir: &Path, limit: usize) -> Result<Outbox> {
         let dir = state_dir.join("outbox");
         crate::state::ensure_private_dir(&dir)?;
         let mut entries = BTreeMap::new();
@@ -78,7 +83,7 @@ impl Outbox {
             dir,
             inner: Mutex::new(Inner { entries, next }),
             changed: Condvar::new(),
-            limit: LIMIT,
+            limit,
         })
     }
 
@@ -284,6 +289,19 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn full_at_the_limit_but_never_refuses_an_update() {
+        let d = dir("limit");
+        let outbox = Outbox::open_with_limit(&d, 2).unwrap();
+        outbox.push(&Update::new("a", 1, State::Running)).unwrap();
+        assert!(!outbox.is_full());
+        outbox.push(&Update::new("a", 2, State::Succeeded)).unwrap();
+        assert!(outbox.is_full());
+        outbox.push(&Update::new("b", 1, State::Failed)).unwrap();
+        assert_eq!(outbox.len(), 3, "a final state past the limit is still kept");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
