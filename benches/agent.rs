@@ -48,7 +48,10 @@ fn main() {
     println!("| figure | goal | outpost | peer |");
     println!("|---|---|---|---|");
     for r in rows {
-        println!("| {} | {} | {} | {} |", r.figure, r.goal, r.measured, r.peer);
+        println!(
+            "| {} | {} | {} | {} |",
+            r.figure, r.goal, r.measured, r.peer
+        );
     }
 }
 
@@ -158,7 +161,11 @@ fn idle_and_heartbeat(rows: &mut Vec<Row>, soak_s: u64) {
         rows,
         "CPU per heartbeat cycle (snapshot + JSON + HTTP, whole process)",
         "≤ 0.5 ms",
-        format!("{:.3} ms ({beats} beats, {:.2} s CPU)", cpu * 1000.0 / beats.max(1) as f64, cpu),
+        format!(
+            "{:.3} ms ({beats} beats, {:.2} s CPU)",
+            cpu * 1000.0 / beats.max(1) as f64,
+            cpu
+        ),
         "psutil agent 4.7 ms (issue figure)".into(),
     );
     let body = manager
@@ -166,7 +173,13 @@ fn idle_and_heartbeat(rows: &mut Vec<Row>, soak_s: u64) {
         .last()
         .map(|s| serde_json::to_vec(&s.body).map(|b| b.len()).unwrap_or(0))
         .unwrap_or(0);
-    row(rows, "heartbeat body on this 2-core VM", "≤ 1.5 KB", format!("{body} bytes"), "—".into());
+    row(
+        rows,
+        "heartbeat body on this 2-core VM",
+        "≤ 1.5 KB",
+        format!("{body} bytes"),
+        "—".into(),
+    );
     drop(agent);
 }
 
@@ -246,7 +259,12 @@ fn snapshot_cost(rows: &mut Vec<Row>) {
         rows,
         "snapshot alone vs reading its /proc files",
         "≤ 2×",
-        format!("{:.3} ms vs {:.3} ms ({:.1}×)", sample * 1000.0, read * 1000.0, sample / read),
+        format!(
+            "{:.3} ms vs {:.3} ms ({:.1}×)",
+            sample * 1000.0,
+            read * 1000.0,
+            sample / read
+        ),
         "—".into(),
     );
 }
@@ -270,7 +288,9 @@ fn start_to_ready(rows: &mut Vec<Row>) {
             if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
                 let _ = s.write_all(b"GET /ready HTTP/1.1\r\n\r\n");
                 let mut buf = [0u8; 12];
-                if std::io::Read::read(&mut s, &mut buf).is_ok_and(|n| n >= 12) && &buf[9..12] == b"200" {
+                if std::io::Read::read(&mut s, &mut buf).is_ok_and(|n| n >= 12)
+                    && &buf[9..12] == b"200"
+                {
                     break;
                 }
             }
@@ -307,18 +327,37 @@ int main(int argc, char **argv) {
 }"#,
     )
     .ok()?;
-    let ok = Command::new("cc").arg("-O2").arg("-o").arg(&bin).arg(&src).status().ok()?.success();
+    let ok = Command::new("cc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .ok()?
+        .success();
     ok.then_some(bin)
 }
 
 fn dispatch_latency(rows: &mut Vec<Row>) {
     let dir = common::TempDir::new("bench-dispatch");
     let Some(stamp) = exec_stamp_program(dir.path()) else {
-        row(rows, "dispatch latency", "p50 ≤ 5 ms, p99 ≤ 20 ms", "no C compiler".into(), "—".into());
+        row(
+            rows,
+            "dispatch latency",
+            "p50 ≤ 5 ms, p99 ≤ 20 ms",
+            "no C compiler".into(),
+            "—".into(),
+        );
         return;
     };
     let manager = FakeManager::start();
-    let _agent = Agent::with_manager(&manager, &[("OUTPOST_IPERF3", stamp.to_str().unwrap()), ("OUTPOST_POLL_WAIT", "25s")]);
+    let _agent = Agent::with_manager(
+        &manager,
+        &[
+            ("OUTPOST_IPERF3", stamp.to_str().unwrap()),
+            ("OUTPOST_POLL_WAIT", "25s"),
+        ],
+    );
     manager.wait_for("registration", Duration::from_secs(10), |s| {
         s.iter().any(|s| s.path == "/v1/agent/tasks/claim")
     });
@@ -335,7 +374,10 @@ fn dispatch_latency(rows: &mut Vec<Row>) {
         let stamp_file = format!("{}.{port}", stamp.display());
         let deadline = Instant::now() + Duration::from_secs(10);
         let exec_ns: i128 = loop {
-            if let Some(ns) = std::fs::read_to_string(&stamp_file).ok().and_then(|t| t.trim().parse().ok()) {
+            if let Some(ns) = std::fs::read_to_string(&stamp_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
                 break ns;
             }
             if Instant::now() > deadline {
@@ -369,7 +411,10 @@ fn system_info_throughput(rows: &mut Vec<Row>) {
         manager.hand_out(json!({"id": format!("si-{i}"), "type": "system_info"}));
     }
     manager.wait_for("1000 results delivered", Duration::from_secs(300), |s| {
-        s.iter().filter(|s| s.path.ends_with("/status") && s.body["state"] == "succeeded").count() >= 1000
+        s.iter()
+            .filter(|s| s.path.ends_with("/status") && s.body["state"] == "succeeded")
+            .count()
+            >= 1000
     });
     let wall = t.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu0;
@@ -377,7 +422,11 @@ fn system_info_throughput(rows: &mut Vec<Row>) {
         rows,
         "1,000 system_info tasks end to end",
         "—",
-        format!("{:.0} tasks/s; {:.2} ms agent CPU per task", 1000.0 / wall, cpu * 1000.0 / 1000.0),
+        format!(
+            "{:.0} tasks/s; {:.2} ms agent CPU per task",
+            1000.0 / wall,
+            cpu * 1000.0 / 1000.0
+        ),
         "—".into(),
     );
 }
@@ -388,15 +437,24 @@ fn outbox_rate(rows: &mut Vec<Row>) {
     let n = 500;
     let t = Instant::now();
     for i in 0..n {
-        let update = outpost::update::Update::new(&format!("t-{i}"), 1, outpost::update::State::Succeeded);
+        let update =
+            outpost::update::Update::new(&format!("t-{i}"), 1, outpost::update::State::Succeeded);
         outbox.push(&update).unwrap();
     }
     let rate = f64::from(n) / t.elapsed().as_secs_f64();
-    row(rows, "outbox: durable updates per second (fsync, this disk)", "—", format!("{rate:.0}/s"), "—".into());
+    row(
+        rows,
+        "outbox: durable updates per second (fsync, this disk)",
+        "—",
+        format!("{rate:.0}/s"),
+        "—".into(),
+    );
 }
 
 fn binary_size(rows: &mut Vec<Row>) {
-    let size = std::fs::metadata(common::binary()).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(common::binary())
+        .map(|m| m.len())
+        .unwrap_or(0);
     row(
         rows,
         "release binary (this bench's build; static build: .ci/static-build)",
@@ -405,6 +463,9 @@ fn binary_size(rows: &mut Vec<Row>) {
         "node_exporter 1.5.0: /usr/bin size below".into(),
     );
     if let Ok(m) = std::fs::metadata("/usr/bin/prometheus-node-exporter") {
-        eprintln!("node_exporter binary: {:.1} MiB", m.len() as f64 / 1048576.0);
+        eprintln!(
+            "node_exporter binary: {:.1} MiB",
+            m.len() as f64 / 1048576.0
+        );
     }
 }

@@ -300,7 +300,11 @@ mod tests {
         outbox.push(&Update::new("a", 2, State::Succeeded)).unwrap();
         assert!(outbox.is_full());
         outbox.push(&Update::new("b", 1, State::Failed)).unwrap();
-        assert_eq!(outbox.len(), 3, "a final state past the limit is still kept");
+        assert_eq!(
+            outbox.len(),
+            3,
+            "a final state past the limit is still kept"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -66,7 +66,14 @@ pub struct Spec {
     pub stdout: Output,
     /// Standard error's tail is always kept; this also appends it to a file.
     pub stderr_log: Option<(PathBuf, u64)>,
+    /// Set as `OUTPOST_TASK` in the child's environment, so that after a
+    /// crash a process can be traced to its task even if its pid was never
+    /// recorded.
+    pub task_id: Option<String>,
 }
+
+/// The environment variable naming a child's task.
+pub const TASK_VAR: &str = "OUTPOST_TASK";
 
 /// A started child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,6 +355,9 @@ impl Prepared {
         if let Ok(home) = std::env::var("HOME") {
             envp.push(cstring(format!("HOME={home}").as_bytes())?);
         }
+        if let Some(id) = &spec.task_id {
+            envp.push(cstring(format!("{TASK_VAR}={id}").as_bytes())?);
+        }
         let argv_ptrs = argv
             .iter()
             .map(|a| a.as_ptr())
@@ -459,6 +469,24 @@ pub fn start_ticks(root: &Path, pid: i32) -> Option<u64> {
 pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Processes whose environment names `task_id` (see [`Spec::task_id`]),
+/// with their start times.
+pub fn find_by_task(root: &Path, task_id: &str) -> Vec<(i32, u64)> {
+    let needle = format!("{TASK_VAR}={task_id}");
+    let Ok(listing) = std::fs::read_dir(root.join("proc")) else {
+        return Vec::new();
+    };
+    listing
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(root.join(format!("proc/{pid}/environ")))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .filter_map(|pid| Some((pid, start_ticks(root, pid)?)))
+        .collect()
 }
 
 /// True when `pid` is alive and is still the process that started at
@@ -748,6 +776,7 @@ mod tests {
             args: args.iter().map(|a| a.to_string()).collect(),
             stdout: Output::Capture { max: 1 << 20 },
             stderr_log: None,
+            task_id: Some("t-env".into()),
         }
     }
 
@@ -787,7 +816,10 @@ mod tests {
         for line in out.lines().filter(|l| l.contains('=')) {
             let name = line.split('=').next().unwrap();
             assert!(
-                ["PATH", "LANG", "HOME", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+                [
+                    "PATH", "LANG", "HOME", "PWD", "SHLVL", "_", "OLDPWD", TASK_VAR
+                ]
+                .contains(&name),
                 "unexpected variable {name} in a child's environment"
             );
         }
@@ -819,6 +851,22 @@ mod tests {
             assert!(Instant::now() < deadline, "group still alive");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_child_can_be_traced_to_its_task_without_its_pid() {
+        let (s, rx) = supervisor();
+        let id = format!("t-find-{}", std::process::id());
+        let mut spec = spec("sleep", &["30"]);
+        spec.task_id = Some(id.clone());
+        let started = s.spawn(&spec).unwrap();
+        assert_eq!(
+            find_by_task(Path::new("/"), &id),
+            [(started.pid, started.start_ticks)]
+        );
+        assert!(find_by_task(Path::new("/"), "t-nobody").is_empty());
+        s.stop(started.pid, Duration::from_secs(1));
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
     }
 
     #[test]

@@ -137,8 +137,15 @@ impl Tasks {
     /// `agent_restarted`.
     fn recover(&mut self) {
         for record in self.ledger.unfinished() {
-            if let Some(process) = record.process {
-                stop_orphan(process, self.settings.stop_grace);
+            match record.process {
+                Some(process) => stop_orphan(process, self.settings.stop_grace),
+                // Cut off between starting its process and recording the
+                // pid: find the process by the task id in its environment.
+                None => {
+                    for (pid, start_ticks) in supervisor::find_by_task(Path::new("/"), &record.id) {
+                        stop_orphan(ProcessRef { pid, start_ticks }, self.settings.stop_grace);
+                    }
+                }
             }
             log::info!(
                 task_id = record.id.as_str();
@@ -322,6 +329,7 @@ impl Tasks {
                 args,
                 stdout,
                 stderr_log: None,
+                task_id: Some(id.clone()),
             };
             match self.supervisor.spawn(&spec) {
                 Ok(started) => {
