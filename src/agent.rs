@@ -187,6 +187,11 @@ pub fn run(config: Config) -> Result<i32> {
         );
         threads.spawn("spool", move || crate::spool::run(dir, t, e, s))?;
     }
+    {
+        let (t, s) = (telemetry.clone(), stop.clone());
+        let tls = crate::manager::tls_config(&config)?;
+        threads.spawn("push", move || crate::pushgateway::run(t, tls, s))?;
+    }
     log::debug!("started in {:?}", started.elapsed());
     if config.manager_url.is_none() {
         notifier.ready();

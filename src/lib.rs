@@ -20,6 +20,7 @@ pub mod manager;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod pushgateway;
 pub mod spool;
 pub mod state;
 pub mod stop;

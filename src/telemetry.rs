@@ -40,6 +40,7 @@ pub enum Worker {
     Claim,
     Outbox,
     Spool,
+    Push,
 }
 
 impl Worker {
@@ -59,6 +60,7 @@ impl Worker {
             Worker::Claim => "claim",
             Worker::Outbox => "outbox",
             Worker::Spool => "spool",
+            Worker::Push => "push",
         }
     }
 }
@@ -81,7 +83,9 @@ pub struct Telemetry {
     pub stopping: AtomicBool,
     /// Per worker: milliseconds since `started` by which it promised to
     /// report progress again; 0 = not running (not watched).
-    progress: [AtomicU64; 7],
+    progress: [AtomicU64; 8],
+    pub pushes: AtomicU64,
+    pub push_failures: AtomicU64,
     pub updates_delivered: AtomicU64,
     pub claims: AtomicU64,
     pub invalid_task_ids: AtomicU64,
@@ -140,6 +144,8 @@ impl Telemetry {
             stopping: AtomicBool::new(false),
             progress: Default::default(),
             updates_delivered: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
+            push_failures: AtomicU64::new(0),
             claims: AtomicU64::new(0),
             invalid_task_ids: AtomicU64::new(0),
             need_registration: AtomicBool::new(false),
@@ -396,6 +402,18 @@ impl Telemetry {
             "Claim round trips that got an answer.",
             Kind::Counter,
             load(&self.claims),
+        );
+        exp.single(
+            "outpost_pushgateway_pushes_total",
+            "Metrics pushes the Pushgateway accepted.",
+            Kind::Counter,
+            load(&self.pushes),
+        );
+        exp.single(
+            "outpost_pushgateway_failures_total",
+            "Metrics pushes that failed.",
+            Kind::Counter,
+            load(&self.push_failures),
         );
         exp.single(
             "outpost_invalid_task_ids_total",

@@ -483,7 +483,7 @@ impl Drop for Agent {
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     raw_request(
         addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
     )
 }
 
