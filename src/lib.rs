@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod pushgateway;
+pub mod sha256;
 pub mod spool;
 pub mod state;
 pub mod stop;
