@@ -49,6 +49,11 @@ pub enum Event {
     },
     /// A child process ended.
     ChildExited(Exit),
+    /// A collector config download finished.
+    ConfigFetched {
+        task_id: String,
+        result: std::result::Result<Vec<u8>, String>,
+    },
 }
 
 /// How often the main loop wakes up with nothing to do.
@@ -127,10 +132,18 @@ pub fn run(config: Config) -> Result<i32> {
             stop_grace: config.stop_grace,
             max_tasks: config.max_tasks,
             state_dir: state.root().to_path_buf(),
+            config_dir: config.config_dir.clone(),
+            collector_cmd: config.collector_cmd.clone(),
+            allow_http_config: config.allow_http_config,
         },
         outbox.clone(),
         supervisor,
         telemetry.clone(),
+        crate::fetch::Fetcher::new(
+            crate::manager::tls_config(&config)?,
+            config.allow_http_config,
+        ),
+        events.clone(),
     )?;
 
     let where_ = listening
@@ -277,6 +290,7 @@ fn main_loop(
                 tasks.refresh_view(true);
             }
             Ok(Event::ChildExited(exit)) => tasks.on_exit(exit),
+            Ok(Event::ConfigFetched { task_id, result }) => tasks.config_ready(&task_id, result),
             Err(RecvTimeoutError::Timeout) => {}
             // Impossible while `run` holds a sender; stop rather than spin.
             Err(RecvTimeoutError::Disconnected) => return 1,
@@ -411,7 +425,10 @@ fn capabilities_of(config: &Config) -> Capabilities {
     Capabilities {
         task_types: crate::tasks::payload::TYPES.to_vec(),
         iperf3_version: iperf3_version(&config.iperf3),
-        collector_available: false,
+        collector_available: config
+            .collector_cmd
+            .first()
+            .is_some_and(|p| crate::supervisor::resolve_program(p).is_some()),
         max_concurrent_tasks: config.max_tasks,
     }
 }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod exposition;
+pub mod fetch;
 pub mod health;
 pub mod heartbeat;
 pub mod ids;

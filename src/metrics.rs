@@ -19,8 +19,10 @@
 //!   is left out until it has a previous reading. `/metrics` labels cores by
 //!   that number.
 //! - **Memory.** `used = MemTotal - MemAvailable` (MemFree+Buffers+Cached on
-//!   kernels without MemAvailable); `cached = Cached + SReclaimable`, the
-//!   "cache" of `free(1)`; swap used is `SwapTotal - SwapFree`.
+//!   kernels without MemAvailable); `cached` is the `Cached` line alone (the
+//!   page cache; unlike `free(1)`'s "cache" it leaves out reclaimable slab,
+//!   and it includes tmpfs/shmem pages, which cannot be dropped); swap used is
+//!   `SwapTotal - SwapFree`.
 //! - **Processes.** No `/proc/<pid>` scan: `running`/`blocked` are
 //!   `procs_running`/`procs_blocked` of `/proc/stat`; `total` is the second
 //!   half of the 4th field of `/proc/loadavg`, which counts kernel scheduling
@@ -363,7 +365,6 @@ pub(crate) struct MemCounters {
     available: Option<u64>,
     buffers: u64,
     cached: u64,
-    s_reclaimable: u64,
     swap_total: u64,
     swap_free: u64,
 }
@@ -393,7 +394,6 @@ pub(crate) fn parse_meminfo(text: &str) -> Option<MemCounters> {
             "MemAvailable" => m.available = Some(bytes),
             "Buffers" => m.buffers = bytes,
             "Cached" => m.cached = bytes,
-            "SReclaimable" => m.s_reclaimable = bytes,
             "SwapTotal" => m.swap_total = bytes,
             "SwapFree" => m.swap_free = bytes,
             _ => {}
@@ -419,7 +419,7 @@ fn build_memory(m: &MemCounters) -> Memory {
         used_bytes: used,
         usage_percent: round2(usage),
         buffers_bytes: m.buffers,
-        cached_bytes: m.cached.saturating_add(m.s_reclaimable),
+        cached_bytes: m.cached,
         swap_total_bytes: m.swap_total,
         swap_used_bytes: m.swap_total.saturating_sub(m.swap_free),
     }
@@ -1297,7 +1297,7 @@ impl Snapshot {
                 ),
                 (
                     "outpost_node_memory_cached_bytes",
-                    "Page cache plus reclaimable slab.",
+                    "Page cache (Cached of /proc/meminfo).",
                     m.cached_bytes as f64,
                 ),
                 (
@@ -1462,9 +1462,11 @@ impl Snapshot {
             }
         }
         if let Some(p) = &self.processes {
+            // Not `_procs_total`: promtool rejects a `_total` suffix on a
+            // gauge, and this is a level, not a counter.
             out.single(
-                "outpost_node_tasks",
-                "Kernel scheduling entities (threads) that exist.",
+                "outpost_node_procs",
+                "Tasks (threads included) that exist, from /proc/loadavg.",
                 Gauge,
                 p.total as f64,
             );
@@ -1668,7 +1670,7 @@ mod tests {
         assert_eq!(mem.used_bytes, (24_683_656 - 24_311_076) * 1024);
         assert_eq!(mem.usage_percent, 1.51);
         assert_eq!(mem.buffers_bytes, 1148 * 1024);
-        assert_eq!(mem.cached_bytes, (502_032 + 85_868) * 1024);
+        assert_eq!(mem.cached_bytes, 502_032 * 1024);
         assert_eq!(mem.swap_total_bytes, 0);
         assert_eq!(mem.swap_used_bytes, 0);
     }
@@ -2018,6 +2020,9 @@ mod tests {
         assert!(text.contains("outpost_node_disk_read_bytes_per_second{device=\"vda\"} 454656\n"));
         assert!(text.contains("# TYPE outpost_node_network_receive_errors_total counter\n"));
         assert!(text.contains("outpost_node_load1 0.13\n"));
+        assert!(text.contains("outpost_node_cpu_usage_percent 27.88\n"));
+        assert!(text.contains("outpost_node_procs 128\n"));
+        assert!(text.contains("outpost_node_memory_cached_bytes 514560000\n"));
         promtool_check(&text);
     }
 

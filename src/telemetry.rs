@@ -106,6 +106,8 @@ pub struct TaskView {
     pub outbox_full: bool,
     /// Final states by (type, state).
     pub finished: std::collections::BTreeMap<(String, String), u64>,
+    /// Collectors: (name, restarts, process up, cpu percent, rss bytes).
+    pub collectors: Vec<(String, u32, bool, f64, u64)>,
 }
 
 impl Telemetry {
@@ -378,6 +380,52 @@ impl Telemetry {
                 &[("type", type_name), ("state", state)],
                 *count as f64,
             );
+        }
+        if !view.collectors.is_empty() {
+            exp.family(
+                "outpost_collector_up",
+                "1 while the collector's process runs.",
+                Kind::Gauge,
+            );
+            for (name, _, up, _, _) in &view.collectors {
+                exp.sample(
+                    "outpost_collector_up",
+                    &[("name", name)],
+                    if *up { 1.0 } else { 0.0 },
+                );
+            }
+            exp.family(
+                "outpost_collector_restarts_total",
+                "Restarts of the collector since its task started.",
+                Kind::Counter,
+            );
+            for (name, restarts, _, _, _) in &view.collectors {
+                exp.sample(
+                    "outpost_collector_restarts_total",
+                    &[("name", name)],
+                    f64::from(*restarts),
+                );
+            }
+            exp.family(
+                "outpost_collector_cpu_percent",
+                "CPU use of the collector's process, percent of one core.",
+                Kind::Gauge,
+            );
+            for (name, _, _, cpu, _) in &view.collectors {
+                exp.sample("outpost_collector_cpu_percent", &[("name", name)], *cpu);
+            }
+            exp.family(
+                "outpost_collector_rss_bytes",
+                "Resident memory of the collector's process.",
+                Kind::Gauge,
+            );
+            for (name, _, _, _, rss) in &view.collectors {
+                exp.sample(
+                    "outpost_collector_rss_bytes",
+                    &[("name", name)],
+                    *rss as f64,
+                );
+            }
         }
         exp.single(
             "outpost_outbox_pending",

@@ -8,6 +8,7 @@
 //! then is anything else allowed to happen. The submodules hold the task
 //! types' own knowledge: checking payloads, and iperf3's arguments and JSON.
 
+pub mod collector;
 pub mod iperf;
 pub mod payload;
 
@@ -42,6 +43,9 @@ pub struct Settings {
     pub stop_grace: Duration,
     pub max_tasks: u32,
     pub state_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub collector_cmd: Vec<String>,
+    pub allow_http_config: bool,
 }
 
 /// Why the agent is ending a task's process.
@@ -53,6 +57,8 @@ enum Ending {
     Timeout,
     /// The agent is shutting down (section 8).
     AgentStopping,
+    /// A collector making way for the task that replaces it.
+    Replaced,
 }
 
 struct Live {
@@ -71,6 +77,7 @@ struct Live {
     waiting_for: HashSet<String>,
     stopped_count: u64,
     usage: Option<(u64, Instant, f64, u64)>,
+    collector: Option<collector::Run>,
 }
 
 pub struct Tasks {
@@ -84,6 +91,18 @@ pub struct Tasks {
     by_pid: HashMap<i32, String>,
     finished: BTreeMap<(String, String), u64>,
     last_view: Option<Instant>,
+    store: collector::Store,
+    /// Collector name → the task that owns it now.
+    collectors: BTreeMap<String, String>,
+    fetcher: Arc<crate::fetch::Fetcher>,
+    events: std::sync::mpsc::Sender<crate::agent::Event>,
+}
+
+impl Live {
+    /// Has something `task_stop` or `kill_all` can stop.
+    fn stoppable(&self) -> bool {
+        self.ending.is_none() && (self.process.is_some() || self.collector.is_some())
+    }
 }
 
 impl Tasks {
@@ -94,8 +113,11 @@ impl Tasks {
         outbox: Option<Arc<Outbox>>,
         supervisor: Supervisor,
         telemetry: Arc<Telemetry>,
+        fetcher: crate::fetch::Fetcher,
+        events: std::sync::mpsc::Sender<crate::agent::Event>,
     ) -> Result<Tasks> {
         let results = settings.state_dir.join("results");
+        let store = collector::Store::open(&settings.state_dir, &settings.config_dir)?;
         crate::state::ensure_private_dir(&results)?;
         let mut ledger = Ledger::open(&settings.state_dir)?;
         // An update reaches the outbox before the ledger; a crash between
@@ -125,6 +147,10 @@ impl Tasks {
             by_pid: HashMap::new(),
             finished: BTreeMap::new(),
             last_view: None,
+            store,
+            collectors: BTreeMap::new(),
+            fetcher: Arc::new(fetcher),
+            events,
         };
         tasks.recover();
         tasks.refresh_view(true);
@@ -136,6 +162,8 @@ impl Tasks {
     /// is never touched) and their tasks end `failed` with
     /// `agent_restarted`.
     fn recover(&mut self) {
+        let desired = self.store.load();
+        let kept: HashSet<String> = desired.values().map(|d| d.task_id.clone()).collect();
         for record in self.ledger.unfinished() {
             match record.process {
                 Some(process) => stop_orphan(process, self.settings.stop_grace),
@@ -146,6 +174,9 @@ impl Tasks {
                         stop_orphan(ProcessRef { pid, start_ticks }, self.settings.stop_grace);
                     }
                 }
+            }
+            if kept.contains(&record.id) {
+                continue; // a collector: it runs again below
             }
             log::info!(
                 task_id = record.id.as_str();
@@ -177,6 +208,7 @@ impl Tasks {
         for update in stale {
             self.write_result(&update);
         }
+        self.resume_collectors(desired);
     }
 
     /// Free slots for claiming (section 3.3).
@@ -311,6 +343,7 @@ impl Tasks {
             waiting_for: HashSet::new(),
             stopped_count: 0,
             usage: None,
+            collector: None,
         };
         let spec = match &live.task.kind {
             Kind::IperfServer(server) => Some(iperf::server_args(server)),
@@ -379,7 +412,7 @@ impl Tasks {
                 let targets: Vec<String> = self
                     .live
                     .values()
-                    .filter(|l| l.process.is_some() && l.ending.is_none())
+                    .filter(|l| l.stoppable())
                     .map(|l| l.task.id.clone())
                     .collect();
                 live.stopped_count = targets.len() as u64;
@@ -391,10 +424,7 @@ impl Tasks {
                 self.complete_waiters();
             }
             Kind::TaskStop { task_id } => {
-                let stoppable = self
-                    .live
-                    .get(&task_id)
-                    .is_some_and(|l| l.process.is_some() && l.ending.is_none());
+                let stoppable = self.live.get(&task_id).is_some_and(Live::stoppable);
                 if !stoppable {
                     self.emit_for(&id, State::Failed, |u| {
                         *u = u
@@ -407,18 +437,40 @@ impl Tasks {
                 live.waiting_for.insert(task_id);
                 self.live.insert(id.clone(), live);
             }
+            Kind::CollectorStart(c) => self.start_collector(live, c),
+            Kind::CollectorStop { name } => {
+                let Some(owner) = self.collectors.get(&name).cloned() else {
+                    self.emit_for(&id, State::Failed, |u| {
+                        *u = u
+                            .clone()
+                            .with_error("not_found", format!("no collector named {name}"));
+                    });
+                    return;
+                };
+                self.stop_task(&owner, Ending::Stopped);
+                if self.live.contains_key(&owner) {
+                    live.waiting_for.insert(owner);
+                }
+                self.live.insert(id.clone(), live);
+                self.complete_waiters();
+            }
             Kind::IperfServer(_) | Kind::IperfClient(_) => {}
         }
     }
 
     fn stop_task(&mut self, id: &str, why: Ending) {
-        if let Some(live) = self.live.get_mut(id)
-            && live.ending.is_none()
-        {
-            live.ending = Some(why);
-            if let Some(p) = live.process {
-                self.supervisor.stop(p.pid, self.settings.stop_grace);
-            }
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        if live.ending.is_some() {
+            return;
+        }
+        live.ending = Some(why);
+        match live.process {
+            Some(p) => self.supervisor.stop(p.pid, self.settings.stop_grace),
+            // A collector between restarts has no process to wait for.
+            None if live.collector.is_some() => self.collector_ended_without_process(id),
+            None => {}
         }
     }
 
@@ -430,6 +482,12 @@ impl Tasks {
         let Some(live) = self.live.remove(&id) else {
             return;
         };
+        if live.collector.is_some() {
+            self.collector_exit(id, live, exit);
+            self.complete_waiters();
+            self.refresh_view(true);
+            return;
+        }
         let code = match exit.status {
             ExitStatus::Code(c) => Some(c),
             ExitStatus::Signal(_) => None,
@@ -459,13 +517,16 @@ impl Tasks {
                     u.exit_code = code;
                 })
             }
-            (Some(Ending::AgentStopping), _) => self.emit_for(&id, State::Failed, |u| {
-                *u = u
-                    .clone()
-                    .with_error("agent_stopped", "the agent stopped while the task ran");
-                u.pid = Some(pid);
-                u.stderr_tail = tail.clone();
-            }),
+            // Only collectors are replaced; they never reach this match.
+            (Some(Ending::AgentStopping) | Some(Ending::Replaced), _) => {
+                self.emit_for(&id, State::Failed, |u| {
+                    *u = u
+                        .clone()
+                        .with_error("agent_stopped", "the agent stopped while the task ran");
+                    u.pid = Some(pid);
+                    u.stderr_tail = tail.clone();
+                })
+            }
             (None, Kind::IperfClient(_)) => {
                 match iperf::client_outcome(
                     code,
@@ -531,7 +592,12 @@ impl Tasks {
         let done: Vec<(String, u64, bool)> = self
             .live
             .values()
-            .filter(|l| matches!(l.task.kind, Kind::KillAll | Kind::TaskStop { .. }))
+            .filter(|l| {
+                matches!(
+                    l.task.kind,
+                    Kind::KillAll | Kind::TaskStop { .. } | Kind::CollectorStop { .. }
+                )
+            })
             .filter(|l| l.waiting_for.iter().all(|t| !self.live.contains_key(t)))
             .map(|l| {
                 (
@@ -583,12 +649,14 @@ impl Tasks {
             self.stop_task(&id, Ending::Timeout);
         }
         self.probe_servers();
+        let collectors_next = self.tick_collectors();
         self.refresh_view(false);
-        if self.live.values().any(|l| l.ready_by.is_some()) {
+        let next = if self.live.values().any(|l| l.ready_by.is_some()) {
             SERVER_PROBE_EVERY
         } else {
             Duration::from_millis(500)
-        }
+        };
+        next.min(collectors_next)
     }
 
     /// A server is `running` once its port accepts connections: once a
@@ -649,6 +717,10 @@ impl Tasks {
             let Some(live) = self.live.remove(&id) else {
                 continue;
             };
+            if live.collector.is_some() && live.process.is_none() {
+                // Keeps its desired state; it runs again at the next start.
+                continue;
+            }
             if let Some(p) = live.process {
                 log::warn!(task_id = id.as_str(); "task {id}: pid {} did not exit in time", p.pid);
             }
@@ -742,8 +814,11 @@ impl Tasks {
                 "type": live.task.kind.type_name(),
                 "state": live.state.label(),
                 "started_at": clock::rfc3339(live.started_at),
-                "restarts": 0,
+                "restarts": live.collector.as_ref().map_or(0, |c| c.restarts),
             });
+            if let Some(c) = &live.collector {
+                report["name"] = json!(c.name);
+            }
             if let Some(p) = live.process {
                 report["pid"] = json!(p.pid);
                 if let Some((ticks, rss)) = supervisor::usage(Path::new("/"), p.pid) {
@@ -764,6 +839,25 @@ impl Tasks {
             }
             reports.push(report);
         }
+        let collectors = self
+            .live
+            .values()
+            .filter(|l| l.ending.is_none())
+            .filter_map(|l| {
+                let run = l.collector.as_ref()?;
+                let (cpu, rss) = l
+                    .usage
+                    .filter(|_| l.process.is_some())
+                    .map_or((0.0, 0), |u| (u.2, u.3));
+                Some((
+                    run.name.clone(),
+                    run.restarts,
+                    l.process.is_some(),
+                    cpu,
+                    rss,
+                ))
+            })
+            .collect();
         let pending = self.outbox.as_ref().map_or(0, |o| o.len());
         let full = self.outbox.as_ref().is_some_and(|o| o.is_full());
         let free = self.free_slots();
@@ -773,6 +867,7 @@ impl Tasks {
         view.outbox_pending = pending;
         view.outbox_full = full;
         view.finished = self.finished.clone();
+        view.collectors = collectors;
     }
 
     pub fn running_count(&self) -> usize {

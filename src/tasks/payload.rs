@@ -18,6 +18,8 @@ pub const TYPES: &[&str] = &[
     "iperf_client_run",
     "kill_all",
     "task_stop",
+    "collector_start",
+    "collector_stop",
     "system_info",
 ];
 
@@ -35,6 +37,8 @@ pub enum Kind {
     IperfClient(IperfClient),
     KillAll,
     TaskStop { task_id: String },
+    CollectorStart(CollectorStart),
+    CollectorStop { name: String },
     SystemInfo,
 }
 
@@ -45,13 +49,15 @@ impl Kind {
             Kind::IperfClient(_) => "iperf_client_run",
             Kind::KillAll => "kill_all",
             Kind::TaskStop { .. } => "task_stop",
+            Kind::CollectorStart(_) => "collector_start",
+            Kind::CollectorStop { .. } => "collector_stop",
             Kind::SystemInfo => "system_info",
         }
     }
 
     /// One-shot tasks end by themselves; the others run until stopped.
     pub fn is_one_shot(&self) -> bool {
-        !matches!(self, Kind::IperfServer(_))
+        !matches!(self, Kind::IperfServer(_) | Kind::CollectorStart(_))
     }
 }
 
@@ -75,6 +81,34 @@ pub struct IperfClient {
     pub bidir: bool,
     pub omit: u32,
 }
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigSource {
+    Url(String),
+    Inline(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CollectorStart {
+    pub name: String,
+    pub source: ConfigSource,
+    pub variables: std::collections::BTreeMap<String, String>,
+    /// Lowercase hex.
+    pub sha256: Option<String>,
+    pub restart: Restart,
+    pub args: Vec<String>,
+}
+
+/// Largest inline config, as for a downloaded one.
+pub const MAX_INLINE_CONFIG: usize = 1024 * 1024;
 
 /// Why a task was not accepted.
 #[derive(Clone, Debug, PartialEq)]
@@ -150,6 +184,8 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         "iperf_client_run" => fields.iperf_client(),
         "kill_all" => Ok(Kind::KillAll),
         "task_stop" => fields.task_stop(),
+        "collector_start" => fields.collector_start(&id),
+        "collector_stop" => fields.collector_stop(),
         "system_info" => Ok(Kind::SystemInfo),
         "" => return Err(reject("unknown_type", "type: missing".into())),
         other => {
@@ -247,6 +283,107 @@ impl Fields<'_> {
             bidir,
             omit: self.int("omit", 0, 0, 600)? as u32,
         }))
+    }
+
+    fn collector_start(&self, id: &str) -> Result<Kind, String> {
+        let name = match self.string("name")? {
+            None => id.to_string(),
+            Some(n) if ids::is_valid_id(n) => n.to_string(),
+            Some(n) => {
+                return Err(format!(
+                    "name: {:?} must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                    ids::escape_for_log(n)
+                ));
+            }
+        };
+        let source = match (self.string("config_url")?, self.string("config")?) {
+            (Some(url), None) => ConfigSource::Url(url.to_string()),
+            (None, Some(text)) if text.len() <= MAX_INLINE_CONFIG => {
+                ConfigSource::Inline(text.to_string())
+            }
+            (None, Some(text)) => {
+                return Err(format!(
+                    "config: {} bytes, more than {MAX_INLINE_CONFIG}",
+                    text.len()
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err("config_url, config: give exactly one, not both".into());
+            }
+            (None, None) => return Err("config_url, config: one of them is required".into()),
+        };
+        let mut variables = std::collections::BTreeMap::new();
+        match self.0.get("variables") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (k, v) in map {
+                    let Some(v) = v.as_str() else {
+                        return Err(format!("variables: the value of {k:?} is not a string"));
+                    };
+                    variables.insert(k.clone(), v.to_string());
+                }
+            }
+            Some(v) => return Err(format!("variables: {v} is not an object of strings")),
+        }
+        let sha256 = match self.string("sha256")? {
+            None => None,
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(h) => {
+                return Err(format!(
+                    "sha256: {:?} is not 64 hex characters",
+                    ids::escape_for_log(h)
+                ));
+            }
+        };
+        let restart = match self.string("restart")? {
+            None | Some("always") => Restart::Always,
+            Some("on-failure") => Restart::OnFailure,
+            Some("never") => Restart::Never,
+            Some(other) => {
+                return Err(format!(
+                    "restart: {:?} is not always, on-failure or never",
+                    ids::escape_for_log(other)
+                ));
+            }
+        };
+        let args = match self.0.get("args") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) if items.len() <= 64 => items
+                .iter()
+                .map(|a| match a.as_str() {
+                    Some(s) if s.len() <= 4096 && !s.contains('\0') => Ok(s.to_string()),
+                    _ => Err(format!(
+                        "args: {a} is not a string of at most 4096 characters"
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(v) => return Err(format!("args: {v} is not a list of at most 64 strings")),
+        };
+        Ok(Kind::CollectorStart(CollectorStart {
+            name,
+            source,
+            variables,
+            sha256,
+            restart,
+            args,
+        }))
+    }
+
+    fn collector_stop(&self) -> Result<Kind, String> {
+        let name = self
+            .string("name")?
+            .ok_or_else(|| "name: required".to_string())?;
+        if !ids::is_valid_id(name) {
+            return Err(format!(
+                "name: {:?} is not a valid collector name",
+                ids::escape_for_log(name)
+            ));
+        }
+        Ok(Kind::CollectorStop {
+            name: name.to_string(),
+        })
     }
 
     fn task_stop(&self) -> Result<Kind, String> {

@@ -471,8 +471,18 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// A clean stop, so that the agent's children go with it; SIGKILL only
+    /// if it does not stop in time.
     fn drop(&mut self) {
         if self.status.is_none() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
