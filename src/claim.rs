@@ -56,6 +56,7 @@ pub fn run(manager: Manager, telemetry: Arc<Telemetry>, events: Sender<Event>, s
                     break;
                 }
                 let empty = tasks.is_empty();
+                log::debug!("claim answered with {} task(s)", tasks.len());
                 if !empty {
                     let (taken, done) = mpsc::channel();
                     if events.send(Event::Claimed { tasks, taken }).is_err() {

@@ -396,16 +396,21 @@ fn resolve(raw: &Raw) -> Result<Config> {
     };
     let inline_key = take("OUTPOST_AGENT_KEY");
     let agent_key_file = take("OUTPOST_AGENT_KEY_FILE").map(PathBuf::from);
-    let agent_key = match (inline_key, &agent_key_file) {
+    // The systemd unit always names a key file, which install.sh creates
+    // empty: an empty file means "no key here", not an error.
+    let file_key = match &agent_key_file {
+        Some(path) => read_key_file(path)?,
+        None => None,
+    };
+    let agent_key = match (inline_key, file_key) {
         (Some(_), Some(_)) => {
             return Err(Error::config(
                 "OUTPOST_AGENT_KEY",
-                "both OUTPOST_AGENT_KEY and OUTPOST_AGENT_KEY_FILE are set; set only one",
+                "both OUTPOST_AGENT_KEY and a non-empty OUTPOST_AGENT_KEY_FILE are set; set only one",
             ));
         }
         (Some(key), None) => Some(check_key("OUTPOST_AGENT_KEY", key)?),
-        (None, Some(path)) => Some(read_key_file(path)?),
-        (None, None) => None,
+        (None, file_key) => file_key,
     };
     if manager_url.is_some() && agent_key.is_none() {
         return Err(Error::config(
@@ -590,14 +595,18 @@ fn check_key(setting: &'static str, key: String) -> Result<Secret> {
     Ok(Secret::new(key))
 }
 
-fn read_key_file(path: &Path) -> Result<Secret> {
+/// The key in a key file; `None` for an empty (or blank) file.
+fn read_key_file(path: &Path) -> Result<Option<Secret>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::config(
             "OUTPOST_AGENT_KEY_FILE",
             format!("cannot read {}: {e}", path.display()),
         )
     })?;
-    check_key("OUTPOST_AGENT_KEY_FILE", text)
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    check_key("OUTPOST_AGENT_KEY_FILE", text).map(Some)
 }
 
 fn absolute(setting: &'static str, dir: &str) -> Result<PathBuf> {
@@ -953,6 +962,64 @@ mod tests {
         let text = format!("{} {:?}", c.describe(), c);
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("OUTPOST_AGENT_KEY=<secret>"));
+    }
+
+    #[test]
+    fn an_empty_key_file_means_no_key() {
+        let dir = std::env::temp_dir().join(format!("outpost-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.key");
+        std::fs::write(&file, "\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = config(&[], &[("OUTPOST_AGENT_KEY_FILE", path)]).unwrap();
+        assert!(
+            c.agent_key.is_none(),
+            "manager-less with the unit's empty key file"
+        );
+        let c = config(
+            &[],
+            &[
+                ("OUTPOST_AGENT_KEY_FILE", path),
+                ("OUTPOST_AGENT_KEY", "k1"),
+                ("OUTPOST_MANAGER_URL", "https://m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.agent_key.unwrap().expose(), "k1");
+        let err = config(
+            &[],
+            &[
+                ("OUTPOST_AGENT_KEY_FILE", path),
+                ("OUTPOST_MANAGER_URL", "https://m"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(setting_of(err), "OUTPOST_AGENT_KEY");
+        std::fs::write(&file, "k2\n").unwrap();
+        let c = config(
+            &[],
+            &[
+                ("OUTPOST_AGENT_KEY_FILE", path),
+                ("OUTPOST_MANAGER_URL", "https://m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.agent_key.unwrap().expose(),
+            "k2",
+            "trailing newline trimmed"
+        );
+        assert!(
+            config(
+                &[],
+                &[
+                    ("OUTPOST_AGENT_KEY_FILE", path),
+                    ("OUTPOST_AGENT_KEY", "k1")
+                ]
+            )
+            .is_err()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
