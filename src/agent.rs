@@ -162,8 +162,9 @@ pub fn run(config: Config) -> Result<i32> {
                 config.agent_name,
                 state.root().display()
             );
+            let manager = Manager::new(&config)?;
             let heartbeat = Heartbeat {
-                manager: Manager::new(&config)?,
+                manager: manager.clone(),
                 telemetry: telemetry.clone(),
                 state: StateDir::open(&config.state_dir)?,
                 events: events.clone(),
@@ -171,16 +172,16 @@ pub fn run(config: Config) -> Result<i32> {
                 capabilities: capabilities_of(&config),
             };
             threads.spawn("heartbeat", move || heartbeat.run())?;
-            let (manager, t, e, s) = (
-                Manager::new(&config)?,
+            let (m, t, e, s) = (
+                manager.clone(),
                 telemetry.clone(),
                 events.clone(),
                 stop_intake.clone(),
             );
-            threads.spawn("claim", move || crate::claim::run(manager, t, e, s))?;
+            threads.spawn("claim", move || crate::claim::run(m, t, e, s))?;
             if let Some(outbox) = &outbox {
                 let (manager, o, t, s) = (
-                    Manager::new(&config)?,
+                    manager.clone(),
                     outbox.clone(),
                     telemetry.clone(),
                     stop.clone(),

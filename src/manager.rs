@@ -119,6 +119,8 @@ pub struct HeartbeatAnswer {
     pub heartbeat_interval_s: Option<f64>,
 }
 
+/// Cheap to clone: clones share one connection pool and TLS setup.
+#[derive(Clone)]
 pub struct Manager {
     agent: ureq::Agent,
     base: String,

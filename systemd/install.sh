@@ -86,10 +86,6 @@ if [ $# -gt 0 ]; then
     BINARY=$1
 fi
 
-[ -n "$BINARY" ] || die "no BINARY given (usage: $PROG [--root DIR] BINARY; see --help)"
-[ -f "$BINARY" ] || die "BINARY '$BINARY' does not exist or is not a regular file"
-[ -r "$BINARY" ] || die "BINARY '$BINARY' is not readable"
-[ -f "$UNIT_SRC" ] || die "unit file '$UNIT_SRC' not found (run install.sh from its systemd/ directory)"
 [ -d "$ROOT" ] || die "--root '$ROOT' is not a directory"
 ROOT=$(cd "$ROOT" && pwd -P)
 
@@ -100,6 +96,11 @@ REAL=false
 if $REAL && ! $IS_ROOT; then
     die "installing into / needs root: run it with sudo (or use --root DIR to install into a directory)"
 fi
+
+[ -n "$BINARY" ] || die "no BINARY given (usage: $PROG [--root DIR] BINARY; see --help)"
+[ -f "$BINARY" ] || die "BINARY '$BINARY' does not exist or is not a regular file"
+[ -r "$BINARY" ] || die "BINARY '$BINARY' is not readable"
+[ -f "$UNIT_SRC" ] || die "unit file '$UNIT_SRC' not found (run install.sh from its systemd/ directory)"
 
 # Paths inside ROOT.
 p() { if $REAL; then echo "$1"; else echo "$ROOT$1"; fi; }

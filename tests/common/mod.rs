@@ -328,8 +328,14 @@ pub struct Agent {
     pub status: Option<ExitStatus>,
 }
 
+/// The binary under test: this build's, or `OUTPOST_TEST_BIN` (the
+/// benches point it at the static release build).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_outpost")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("OUTPOST_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_outpost").to_string())
+    })
 }
 
 /// A command for the binary with no ambient `OUTPOST_*` (or anything else)
