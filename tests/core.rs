@@ -736,3 +736,58 @@ fn known_agent_id_is_sent_after_a_restart() {
     let seen = manager.wait_for("register", 10 * SECOND, |seen| !seen.is_empty());
     assert_eq!(seen[0].body["agent_id"], "a-earlier");
 }
+
+#[test]
+fn journal_stream_lines_carry_priorities_and_no_timestamps() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("journal");
+    let path = dir.path().join("stderr");
+    let file = std::fs::File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let state = dir.path().join("state");
+    let mut child = command(&[
+        ("OUTPOST_STATE_DIR", state.to_str().unwrap()),
+        ("OUTPOST_HTTP_ADDR", "127.0.0.1:0"),
+        ("OUTPOST_PUSHGATEWAY_URL", "http://127.0.0.1:9"),
+        ("JOURNAL_STREAM", &stream),
+    ])
+    .stdout(Stdio::null())
+    .stderr(file)
+    .spawn()
+    .unwrap();
+    common::eventually("the start-up line and a warning", 10 * SECOND, || {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.contains("manager-less") && text.contains("cannot push")
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in text.lines() {
+        assert!(
+            line.len() > 3
+                && line.starts_with('<')
+                && line.as_bytes()[1].is_ascii_digit()
+                && &line[2..3] == ">",
+            "no priority prefix: {line}"
+        );
+        assert!(
+            !line[3..].starts_with("20"),
+            "a timestamp journald would duplicate: {line}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("manager-less")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<4>") && l.contains("cannot push")),
+        "{text}"
+    );
+}
