@@ -34,17 +34,40 @@ fn main() {
         return;
     }
     let quick = std::env::var_os("OUTPOST_BENCH_QUICK").is_some();
+    // OUTPOST_BENCH_ONLY=dispatch (a part of a section name) runs one section.
+    let only = std::env::var("OUTPOST_BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || name.contains(only.as_str());
     let mut rows = Vec::new();
-    idle_and_heartbeat(&mut rows, if quick { 10 } else { 60 });
-    heartbeat_cycle(&mut rows);
-    scrape_cost(&mut rows);
-    snapshot_cost(&mut rows);
-    start_to_ready(&mut rows);
-    dispatch_latency(&mut rows);
-    system_info_throughput(&mut rows);
-    outbox_rate(&mut rows);
-    collectors_steady_state(&mut rows, if quick { 10 } else { 30 });
-    binary_size(&mut rows);
+    if run("idle") {
+        idle_and_heartbeat(&mut rows, if quick { 10 } else { 60 });
+    }
+    if run("heartbeat") {
+        heartbeat_cycle(&mut rows);
+    }
+    if run("scrape") {
+        scrape_cost(&mut rows);
+    }
+    if run("snapshot") {
+        snapshot_cost(&mut rows);
+    }
+    if run("ready") {
+        start_to_ready(&mut rows);
+    }
+    if run("dispatch") {
+        dispatch_latency(&mut rows);
+    }
+    if run("system_info") {
+        system_info_throughput(&mut rows);
+    }
+    if run("outbox") {
+        outbox_rate(&mut rows);
+    }
+    if run("collectors") {
+        collectors_steady_state(&mut rows, if quick { 10 } else { 30 });
+    }
+    if run("binary") {
+        binary_size(&mut rows);
+    }
 
     println!();
     println!("| figure | goal | outpost | peer |");

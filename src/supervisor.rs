@@ -888,6 +888,20 @@ mod tests {
     }
 
     #[test]
+    fn log_files_rotate_once_at_their_cap() {
+        let dir = std::env::temp_dir().join(format!("outpost-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("c.log");
+        for _ in 0..10 {
+            append_log(&log, 100, &[b'a'; 30]);
+        }
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&log) <= 100, "{}", size(&log));
+        assert!(size(&dir.join("c.log.1")) > 0 && size(&dir.join("c.log.1")) <= 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn stdout_capture_is_capped() {
         let (s, rx) = supervisor();
         let mut spec = spec("sh", &["-c", "head -c 100000 /dev/zero"]);

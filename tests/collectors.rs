@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{Agent, FakeManager, KEY, TempDir, eventually, processes_matching, require_tool};
+use common::{
+    Agent, FakeManager, KEY, TempDir, config_server, eventually, processes_matching, require_tool,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -35,37 +35,6 @@ fn pids_of(marker: &str) -> Vec<i32> {
                 .is_ok_and(|e| String::from_utf8_lossy(&e).contains(marker))
         })
         .collect()
-}
-
-/// Serves fixed bodies over plain HTTP on 127.0.0.1 (configs for download).
-fn config_server(routes: Vec<(&'static str, u16, String)>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]).to_string();
-            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (status, body) = routes
-                .iter()
-                .find(|(p, _, _)| *p == path)
-                .map(|(_, s, b)| (*s, b.clone()))
-                .unwrap_or((404, String::new()));
-            let extra = if (300..400).contains(&status) {
-                format!("Location: {body}\r\n")
-            } else {
-                String::new()
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
-                body.len(),
-                if extra.is_empty() { body.as_str() } else { "" }
-            );
-        }
-    });
-    format!("http://{addr}")
 }
 
 #[test]

@@ -791,3 +791,27 @@ fn journal_stream_lines_carry_priorities_and_no_timestamps() {
         "{text}"
     );
 }
+
+#[test]
+fn an_oversized_manager_answer_is_refused_not_swallowed() {
+    let manager = FakeManager::start();
+    let mut answered = 0;
+    manager.set_script(move |seen| {
+        if seen.path == "/v1/agent/register" && answered < 2 {
+            answered += 1;
+            // 2 MiB of JSON: over the 1 MiB cap for a register answer.
+            let padding = "x".repeat(2 * 1024 * 1024);
+            return Reply::json(200, json!({"agent_id": "a-test", "padding": padding}))
+                .with_header("Retry-After", "0");
+        }
+        common::default_reply(seen)
+    });
+    let agent = Agent::with_manager(&manager, &[]);
+    manager.wait_for(
+        "a heartbeat after the oversized answers",
+        20 * SECOND,
+        |seen| seen.iter().any(|s| s.path == "/v1/agent/heartbeat"),
+    );
+    assert_eq!(manager.seen_at("/v1/agent/register").len(), 3);
+    assert!(agent.output().contains("larger than"), "{}", agent.output());
+}

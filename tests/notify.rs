@@ -138,3 +138,37 @@ fn abstract_socket_and_manager_less_ready_at_once() {
     assert_eq!(agent.wait_exit(5 * SECOND).code(), Some(0));
     listener.wait_for("STOPPING=1", SECOND);
 }
+
+#[test]
+fn no_notify_or_watchdog_variable_reaches_a_child() {
+    let dir = TempDir::new("childenv");
+    let path = dir.path().join("notify.sock");
+    let _listener = Listener::new(UnixDatagram::bind(&path).unwrap());
+    let out = dir.path().join("env.txt");
+    let manager = FakeManager::start();
+    let _agent = Agent::with_manager(
+        &manager,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "10000000"),
+            ("WATCHDOG_PID", "1"),
+            ("LISTEN_FDS", "3"),
+            ("OUTPOST_COLLECTOR_CMD", "/bin/sh {config}"),
+        ],
+    );
+    // The collector is a shell script that writes out its environment.
+    let script = format!("env > {}\nexec sleep 3600\n", out.display());
+    manager.hand_out(serde_json::json!({"id": "env-1", "type": "collector_start", "payload": {"config": script}}));
+    manager.wait_state("env-1", "running", 20 * SECOND);
+    let env = std::fs::read_to_string(&out).unwrap();
+    for var in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_",
+        "LISTEN_FDS",
+        "OUTPOST_AGENT_KEY",
+        common::KEY,
+    ] {
+        assert!(!env.contains(var), "{var} reached the child:\n{env}");
+    }
+    assert!(env.contains("OUTPOST_TASK=env-1"), "{env}");
+}

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Agent, FakeManager, KEY, TempDir, eventually, free_port, require_tool};
+use common::{
+    Agent, FakeManager, KEY, TempDir, config_server, eventually, free_port, require_tool,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -105,11 +107,16 @@ impl Drop for Socat {
 /// TLS on `port`, requiring a client certificate from the CA, in front of
 /// the plain-HTTP fake manager.
 fn tls_front(dir: &Path, port: u16, backend: &str) -> Socat {
+    tls_front_with(dir, port, backend, true)
+}
+
+fn tls_front_with(dir: &Path, port: u16, backend: &str, verify_client: bool) -> Socat {
     let backend = backend.trim_start_matches("http://");
     let child = Command::new("socat")
         .arg(format!(
-            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={d}/server.pem,key={d}/server.key,cafile={d}/ca.pem,verify=1",
-            d = dir.display()
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={d}/server.pem,key={d}/server.key,cafile={d}/ca.pem,verify={v}",
+            d = dir.display(),
+            v = u8::from(verify_client)
         ))
         .arg(format!("TCP:{backend}"))
         .stdout(Stdio::null())
@@ -222,4 +229,46 @@ fn bad_pem_files_are_exit_78_naming_the_setting() {
         assert_eq!(out.status.code(), Some(78), "{stderr}");
         assert!(stderr.contains(setting), "{stderr}");
     }
+}
+
+#[test]
+fn configs_download_over_https_and_never_follow_a_redirect_down_to_http() {
+    require_tool("openssl", "openssl");
+    require_tool("socat", "socat");
+    let certs = TempDir::new("tls-config");
+    make_certificates(certs.path());
+    let plain = config_server(vec![
+        ("/ok.conf", 200, "exec sleep 3600 # tls-ok\n".to_string()),
+        ("/down", 302, String::new()),
+    ]);
+    let port = free_port();
+    let _front = tls_front_with(certs.path(), port, &plain, false);
+    // The redirect target is only known once the plain server has a port.
+    let plain2 = config_server(vec![("/down", 302, format!("{plain}/ok.conf"))]);
+    let port2 = free_port();
+    let _front2 = tls_front_with(certs.path(), port2, &plain2, false);
+    let manager = FakeManager::start();
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let _agent = Agent::with_manager(
+        &manager,
+        &[
+            ("OUTPOST_COLLECTOR_CMD", "/bin/sh {config}"),
+            ("OUTPOST_ALLOW_HTTP_CONFIG", "true"),
+            ("OUTPOST_CA_FILE", &ca),
+        ],
+    );
+    manager.hand_out(serde_json::json!({"id": "tls-1", "type": "collector_start",
+        "payload": {"config_url": format!("https://127.0.0.1:{port}/ok.conf")}}));
+    manager.wait_state("tls-1", "running", 20 * SECOND);
+    manager.hand_out(serde_json::json!({"id": "tls-2", "type": "collector_start",
+        "payload": {"name": "down", "config_url": format!("https://127.0.0.1:{port2}/down")}}));
+    let failed = manager.wait_state("tls-2", "failed", 20 * SECOND);
+    assert_eq!(failed["error"]["kind"], "download_failed");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("https down to http"),
+        "{failed}"
+    );
 }

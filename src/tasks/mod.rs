@@ -34,6 +34,8 @@ const ACCEPTED_AFTER: Duration = Duration::from_secs(1);
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a starting server's listening socket is looked for.
 const SERVER_PROBE_EVERY: Duration = Duration::from_millis(10);
+/// How long a process's CPU and memory reading is reused in reports.
+const USAGE_EVERY: Duration = Duration::from_secs(5);
 /// A client run gets its test time plus this before `timeout_s` applies by
 /// default (connection set-up, omitted seconds, the final exchange).
 const CLIENT_TIMEOUT_SLACK: Duration = Duration::from_secs(60);
@@ -821,7 +823,14 @@ impl Tasks {
             }
             if let Some(p) = live.process {
                 report["pid"] = json!(p.pid);
-                if let Some((ticks, rss)) = supervisor::usage(Path::new("/"), p.pid) {
+                // Reading /proc for hundreds of collectors on every event
+                // would cost more than the collectors: a sample is reused
+                // for a few seconds.
+                let fresh = live.usage.filter(|u| now.duration_since(u.1) < USAGE_EVERY);
+                if let Some((_, _, cpu, rss)) = fresh {
+                    report["cpu_percent"] = json!(cpu);
+                    report["rss_bytes"] = json!(rss);
+                } else if let Some((ticks, rss)) = supervisor::usage(Path::new("/"), p.pid) {
                     let cpu = match live.usage {
                         Some((last_ticks, at, _, _)) if now > at => {
                             let secs = now.duration_since(at).as_secs_f64();

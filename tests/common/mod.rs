@@ -524,6 +524,38 @@ pub fn raw_request(addr: &str, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
+/// Serves fixed bodies over plain HTTP on 127.0.0.1 (configs for download).
+pub fn config_server(routes: Vec<(&'static str, u16, String)>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (status, body) = routes
+                .iter()
+                .find(|(p, _, _)| *p == path)
+                .map(|(_, s, b)| (*s, b.clone()))
+                .unwrap_or((404, String::new()));
+            let extra = if (300..400).contains(&status) {
+                format!("Location: {body}\r\n")
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
+                body.len(),
+                if extra.is_empty() { body.as_str() } else { "" }
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
