@@ -196,14 +196,15 @@ pub struct Run {
 }
 
 impl Run {
-    fn new(c: &CollectorStart) -> Run {
+    /// A collector that has not run yet.
+    fn new(name: &str, args: &[String], restart: Restart) -> Run {
         Run {
-            name: c.name.clone(),
+            name: name.to_string(),
             config: None,
-            args: c.args.clone(),
-            restart: c.restart,
-            sha256: c.sha256.clone(),
-            variables: c.variables.clone(),
+            args: args.to_vec(),
+            restart,
+            sha256: None,
+            variables: BTreeMap::new(),
             restarts: 0,
             attempt: 0,
             up_since: None,
@@ -218,7 +219,11 @@ impl Run {
 impl Tasks {
     pub(super) fn start_collector(&mut self, mut live: Live, c: CollectorStart) {
         let id = live.task.id.clone();
-        live.collector = Some(Run::new(&c));
+        live.collector = Some(Run {
+            sha256: c.sha256.clone(),
+            variables: c.variables.clone(),
+            ..Run::new(&c.name, &c.args, c.restart)
+        });
         match c.source {
             ConfigSource::Inline(text) => {
                 // Everything about an inline config is known now, so a
@@ -319,10 +324,9 @@ impl Tasks {
             return;
         };
         let pid = old_live.process.map(|p| p.pid);
-        if let Some(live) = self.live.get_mut(new) {
-            let run = live
-                .collector
-                .get_or_insert_with(|| Run::new_from(&old_run));
+        if let Some(live) = self.live.get_mut(new)
+            && let Some(run) = live.collector.as_mut()
+        {
             run.restarts = old_run.restarts;
             run.attempt = old_run.attempt;
             run.up_since = old_run.up_since;
@@ -801,8 +805,11 @@ impl Tasks {
                 }),
                 timeout: None,
             };
-            let mut run = Run::new_from_desired(&name, &d, config);
-            run.fresh = false;
+            let run = Run {
+                config: Some(config),
+                fresh: false,
+                ..Run::new(&name, &d.args, d.restart)
+            };
             let live = Live {
                 deadline: None,
                 task,
@@ -850,44 +857,6 @@ fn prepare(
     let text = String::from_utf8(bytes)
         .map_err(|_| ("invalid_payload", "config: not UTF-8 text".to_string()))?;
     substitute(&text, variables).map_err(|e| ("invalid_payload", e))
-}
-
-impl Run {
-    fn new_from(other: &Run) -> Run {
-        Run {
-            name: other.name.clone(),
-            config: other.config.clone(),
-            args: other.args.clone(),
-            restart: other.restart,
-            sha256: None,
-            variables: BTreeMap::new(),
-            restarts: 0,
-            attempt: 0,
-            up_since: None,
-            restart_at: None,
-            held: false,
-            fresh: true,
-            replacing: None,
-        }
-    }
-
-    fn new_from_desired(name: &str, d: &Desired, config: String) -> Run {
-        Run {
-            name: name.to_string(),
-            config: Some(config),
-            args: d.args.clone(),
-            restart: d.restart,
-            sha256: None,
-            variables: BTreeMap::new(),
-            restarts: 0,
-            attempt: 0,
-            up_since: None,
-            restart_at: None,
-            held: false,
-            fresh: false,
-            replacing: None,
-        }
-    }
 }
 
 #[cfg(test)]
