@@ -72,7 +72,6 @@ impl Heartbeat {
                     None => break,
                 }
             }
-            let interval = self.telemetry.session().heartbeat_interval;
             self.telemetry.progress(
                 Worker::Heartbeat,
                 next_due.saturating_duration_since(Instant::now()) + PROGRESS_SLACK,
@@ -89,9 +88,9 @@ impl Heartbeat {
                 Ok(()) => {
                     backoff.reset();
                     // Fixed rate: the next beat is due one interval after
-                    // this one was due, not after it finished.
-                    let interval = self.telemetry.session().heartbeat_interval.max(interval);
-                    next_due += interval;
+                    // this one was due, not after it finished; an interval
+                    // the answer just set applies from this next beat on.
+                    next_due += self.telemetry.session().heartbeat_interval;
                     if next_due < Instant::now() {
                         next_due = Instant::now();
                     }
