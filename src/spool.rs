@@ -103,7 +103,12 @@ pub fn reject(path: &Path, why: &str) {
     }
     if std::fs::rename(path, &target).is_err() {
         let _ = std::fs::remove_file(path);
+        return;
     }
+    // Whatever mode it was dropped with, it now lives in the private state
+    // directory like every other file there.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600));
 }
 
 /// Removes a spool file whose task the ledger now holds.
