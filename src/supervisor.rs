@@ -490,9 +490,20 @@ pub fn find_by_task(root: &Path, task_id: &str) -> Vec<(i32, u64)> {
 }
 
 /// True when `pid` is alive and is still the process that started at
-/// `start_ticks` (not a later process that reused the pid).
+/// `start_ticks` (not a later process that reused the pid). A zombie is
+/// not alive: where init is slow to reap orphans (containers), waiting for
+/// one to vanish would wait out the whole grace period.
 pub fn is_same_process(pid: i32, start_ticks: u64) -> bool {
-    pid > 0 && self::start_ticks(Path::new("/"), pid) == Some(start_ticks)
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X")) && parse_start_ticks(&stat) == Some(start_ticks)
 }
 
 struct Watcher {
