@@ -342,14 +342,8 @@ impl Tasks {
         let name = old_run.name.clone();
         // The process now belongs to the new task: a restart must find it
         // through the new task's record.
-        if let (Some(mut record), Some(p)) = (self.ledger.get(new).cloned(), old_live.process) {
-            record.process = Some(crate::ledger::ProcessRef {
-                pid: p.pid,
-                start_ticks: p.start_ticks,
-            });
-            if let Err(e) = self.ledger.put(record) {
-                log::error!("{e}");
-            }
+        if let Some(p) = old_live.process {
+            self.record_process(new, p);
         }
         self.collectors.insert(name.clone(), new.to_string());
         self.save_desired();
@@ -435,15 +429,7 @@ impl Tasks {
                         run.held = false;
                     }
                 }
-                if let Some(mut record) = self.ledger.get(id).cloned() {
-                    record.process = Some(crate::ledger::ProcessRef {
-                        pid: started.pid,
-                        start_ticks: started.start_ticks,
-                    });
-                    if let Err(e) = self.ledger.put(record) {
-                        log::error!("{e}");
-                    }
-                }
+                self.record_process(id, started);
             }
             Err(message) => {
                 log::warn!(task_id = id; "collector {name}: {message}");
@@ -772,17 +758,7 @@ impl Tasks {
                 self.store.forget(&name);
                 continue;
             };
-            if let Some(process) = record.process {
-                super::stop_orphan(process, self.settings.stop_grace);
-            }
-            for (pid, start_ticks) in
-                crate::supervisor::find_by_task(std::path::Path::new("/"), &d.task_id)
-            {
-                super::stop_orphan(
-                    crate::ledger::ProcessRef { pid, start_ticks },
-                    self.settings.stop_grace,
-                );
-            }
+            super::stop_leftovers(&record, self.settings.stop_grace);
             self.store.restore_previous(&name);
             let Some(config) = self.store.read_config(&name) else {
                 log::warn!("collector {name}: its config file is missing; the task fails");

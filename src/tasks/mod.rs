@@ -167,16 +167,7 @@ impl Tasks {
         let desired = self.store.load();
         let kept: HashSet<String> = desired.values().map(|d| d.task_id.clone()).collect();
         for record in self.ledger.unfinished() {
-            match record.process {
-                Some(process) => stop_orphan(process, self.settings.stop_grace),
-                // Cut off between starting its process and recording the
-                // pid: find the process by the task id in its environment.
-                None => {
-                    for (pid, start_ticks) in supervisor::find_by_task(Path::new("/"), &record.id) {
-                        stop_orphan(ProcessRef { pid, start_ticks }, self.settings.stop_grace);
-                    }
-                }
-            }
+            stop_leftovers(&record, self.settings.stop_grace);
             if kept.contains(&record.id) {
                 continue; // a collector: it runs again below
             }
@@ -246,10 +237,7 @@ impl Tasks {
                     return Ok(());
                 }
                 log::warn!(task_id = id.as_str(); "task {id} rejected: {message}");
-                self.new_record(&id, &type_name, origin, None);
-                self.emit_for(&id, State::Rejected, |u| {
-                    *u = u.clone().with_error(kind, message.clone());
-                });
+                self.reject(&id, &type_name, origin, kind, message);
                 return Ok(());
             }
         };
@@ -258,31 +246,47 @@ impl Tasks {
             return Ok(());
         }
         if self.live.len() as u32 >= self.settings.max_tasks {
-            let id = task.id.clone();
-            let limit = self.settings.max_tasks;
-            self.new_record(&id, task.kind.type_name(), origin, None);
-            self.emit_for(&id, State::Rejected, |u| {
-                *u = u
-                    .clone()
-                    .with_error("capacity", format!("{limit} tasks are running, the limit"));
-            });
+            let message = format!("{} tasks are running, the limit", self.settings.max_tasks);
+            self.reject(&task.id, task.kind.type_name(), origin, "capacity", message);
             return Ok(());
         }
         if let Kind::IperfServer(server) = &task.kind
             && let Some(other) = self.server_on_port(server.port)
         {
-            let id = task.id.clone();
-            self.new_record(&id, task.kind.type_name(), origin, None);
-            self.emit_for(&id, State::Rejected, |u| {
-                *u = u.clone().with_error(
-                    "invalid_payload",
-                    format!("port: {} is already served by task {other}", server.port),
-                );
-            });
+            let message = format!("port: {} is already served by task {other}", server.port);
+            self.reject(
+                &task.id,
+                task.kind.type_name(),
+                origin,
+                "invalid_payload",
+                message,
+            );
             return Ok(());
         }
         self.start(task, origin);
         Ok(())
+    }
+
+    /// Records a task that never runs and reports it `rejected`.
+    fn reject(&mut self, id: &str, type_name: &str, origin: Origin, kind: &str, message: String) {
+        self.new_record(id, type_name, origin, None);
+        self.emit_for(id, State::Rejected, |u| {
+            *u = u.clone().with_error(kind, message)
+        });
+    }
+
+    /// Notes a task's (new) process in the ledger, so that a restart can
+    /// find and stop it.
+    fn record_process(&mut self, id: &str, started: Started) {
+        if let Some(mut record) = self.ledger.get(id).cloned() {
+            record.process = Some(ProcessRef {
+                pid: started.pid,
+                start_ticks: started.start_ticks,
+            });
+            if let Err(e) = self.ledger.put(record) {
+                log::error!(task_id = id; "cannot record the process of task {id}: {e}");
+            }
+        }
     }
 
     /// Section 6.2: a task id runs at most once. Its final update is sent
@@ -371,15 +375,7 @@ impl Tasks {
                     log::info!(task_id = id.as_str(); "task {id} ({}) started as pid {}", live.task.kind.type_name(), started.pid);
                     live.process = Some(started);
                     self.by_pid.insert(started.pid, id.clone());
-                    if let Some(mut record) = self.ledger.get(&id).cloned() {
-                        record.process = Some(ProcessRef {
-                            pid: started.pid,
-                            start_ticks: started.start_ticks,
-                        });
-                        if let Err(e) = self.ledger.put(record) {
-                            log::error!("{e}");
-                        }
-                    }
+                    self.record_process(&id, started);
                     live.deadline = match (&live.task.kind, live.task.timeout) {
                         (_, Some(t)) => Some(Instant::now() + t),
                         (Kind::IperfClient(c), None) => Some(
@@ -881,6 +877,18 @@ impl Tasks {
 
     pub fn running_count(&self) -> usize {
         self.live.len()
+    }
+}
+
+/// Stops what an earlier instance left of a task: its recorded process,
+/// and any process whose environment names the task (`OUTPOST_TASK`), which
+/// covers one started in the instant before its pid was recorded.
+fn stop_leftovers(record: &Record, grace: Duration) {
+    if let Some(process) = record.process {
+        stop_orphan(process, grace);
+    }
+    for (pid, start_ticks) in supervisor::find_by_task(Path::new("/"), &record.id) {
+        stop_orphan(ProcessRef { pid, start_ticks }, grace);
     }
 }
 
