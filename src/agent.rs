@@ -285,7 +285,10 @@ fn main_loop(
                     .map_err(|why| why.to_string())
                     .and_then(|t| tasks.accept(&t, Origin::Spool))
                 {
-                    Ok(()) => crate::spool::consumed(&path),
+                    Ok(crate::tasks::Intake::Taken) => crate::spool::consumed(&path),
+                    // Left in inbox/; the spool hands it again once the
+                    // state directory can be written.
+                    Ok(crate::tasks::Intake::Deferred) => {}
                     Err(why) => crate::spool::reject(&path, &why),
                 }
                 tasks.refresh_view(true);

@@ -3,7 +3,9 @@
 //!
 //! It asks for as many tasks as there are free slots, waits for the main
 //! loop to take each batch before asking again (so the count is never
-//! stale), and pauses while the outbox is full or the agent is stopping.
+//! stale), and pauses while the outbox is full, the state directory cannot
+//! be written (a task that cannot be recorded must not be taken) or the
+//! agent is stopping.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,11 +34,11 @@ pub fn run(manager: Manager, telemetry: Arc<Telemetry>, events: Sender<Event>, s
             Worker::Claim,
             wait + POLL_GRACE + crate::manager::CONNECT_TIMEOUT + Duration::from_secs(10),
         );
-        let (free, full) = {
+        let (free, can_take) = {
             let view = telemetry.task_view();
-            (view.free_slots, view.outbox_full)
+            (view.free_slots, view.can_take_tasks())
         };
-        let Some(agent_id) = agent_id.filter(|_| registered && free > 0 && !full) else {
+        let Some(agent_id) = agent_id.filter(|_| registered && can_take) else {
             if stop.wait(Duration::from_millis(200)) {
                 break;
             }

@@ -8,6 +8,12 @@
 //! (rewritten atomically) when it holds twice as many lines as records, and
 //! compaction keeps at most [`MAX_FINISHED`] finished tasks, the newest: a
 //! task id that finished more than that many tasks ago is forgotten.
+//!
+//! When an append fails (a full disk), the journal may end in half a line,
+//! so nothing more is appended to it: the records live on in memory and the
+//! next write rewrites the whole journal instead, until that works again. A
+//! record of an id the ledger did not know is never kept in memory only:
+//! a task that cannot be recorded durably must not run.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -64,6 +70,8 @@ pub struct Ledger {
     lines: usize,
     finished_counter: u64,
     max_finished: usize,
+    /// An append failed: the journal must be rewritten before use.
+    rewrite_pending: bool,
 }
 
 impl Ledger {
@@ -110,11 +118,30 @@ impl Ledger {
             lines,
             finished_counter,
             max_finished,
+            rewrite_pending: false,
         };
         // Start every run from a clean, compact journal: this also drops a
-        // torn tail so new lines never follow half a line.
-        ledger.compact()?;
+        // torn tail so new lines never follow half a line. On a full disk
+        // the agent still starts (a failing start would be a crash loop):
+        // the rewrite waits for the next write.
+        if let Err(e) = ledger.compact() {
+            log::error!("{e}; the ledger is kept in memory until it can be rewritten");
+            ledger.rewrite_pending = true;
+        }
         Ok(ledger)
+    }
+
+    /// The journal on disk is behind the records in memory.
+    pub fn needs_rewrite(&self) -> bool {
+        self.rewrite_pending
+    }
+
+    /// Rewrites the journal if an earlier write failed.
+    pub fn repair(&mut self) -> Result<()> {
+        if self.rewrite_pending {
+            self.compact()?;
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<&Record> {
@@ -142,12 +169,35 @@ impl Ledger {
             .collect()
     }
 
-    /// Stores `record` durably (fsync) before returning.
+    /// Stores `record` durably (fsync) before returning. On `Err` a record
+    /// of a known id is still kept in memory (the journal is rewritten
+    /// later); a record of a new id is not kept at all.
     pub fn put(&mut self, mut record: Record) -> Result<()> {
         if record.state.is_final() && record.finished == 0 {
             self.finished_counter += 1;
             record.finished = self.finished_counter;
         }
+        let known = self.records.contains_key(&record.id);
+        let id = record.id.clone();
+        let written = if self.rewrite_pending {
+            self.records.insert(id.clone(), record);
+            self.compact()
+        } else {
+            self.append(record)
+        };
+        if let Err(e) = written {
+            self.rewrite_pending = true;
+            if !known {
+                self.records.remove(&id);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Appends one record to the journal. On a failed write the record is
+    /// still in memory.
+    fn append(&mut self, record: Record) -> Result<()> {
         let mut line = serde_json::to_vec(&record).map_err(|e| Error::Internal {
             what: "encode ledger record",
             message: e.to_string(),
@@ -163,13 +213,19 @@ impl Ledger {
                 ));
             }
         };
-        file.write_all(&line)
+        let written = file
+            .write_all(&line)
             .and_then(|_| file.sync_data())
-            .map_err(|e| Error::io("append to", &self.path, e))?;
+            .map_err(|e| Error::io("append to", &self.path, e));
         self.records.insert(record.id.clone(), record);
+        written?;
         self.lines += 1;
-        if self.lines > 2 * self.records.len() + 1024 || self.finished_over_bound() {
-            self.compact()?;
+        if (self.lines > 2 * self.records.len() + 1024 || self.finished_over_bound())
+            && let Err(e) = self.compact()
+        {
+            // The journal itself is whole (the rewrite goes through a
+            // temporary file), only longer than it needs to be.
+            log::warn!("{e}; the ledger is compacted later");
         }
         Ok(())
     }
@@ -203,6 +259,7 @@ impl Ledger {
             }
         }
         crate::state::write_atomic(&self.path, &text)?;
+        self.rewrite_pending = false;
         self.lines = self.records.len();
         self.file = Some(
             OpenOptions::new()
@@ -265,6 +322,41 @@ mod tests {
             3,
             "the torn line did not swallow the next record"
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_keeps_known_records_and_refuses_new_ones() {
+        let d = dir("unwritable");
+        let mut ledger = Ledger::open(&d).unwrap();
+        ledger.put(record("a", State::Running)).unwrap();
+        // A directory where the journal's temporary file goes, and the
+        // journal's handle pointed at a file that refuses writes: both
+        // fail as on a full disk.
+        ledger.file = Some(File::open(d.join("ledger.jsonl")).unwrap());
+        std::fs::create_dir(d.join(".ledger.jsonl.tmp")).unwrap();
+        std::fs::write(d.join(".ledger.jsonl.tmp/x"), b"").unwrap();
+        assert!(ledger.put(record("a", State::Succeeded)).is_err());
+        assert_eq!(
+            ledger.get("a").unwrap().state,
+            State::Succeeded,
+            "kept in memory"
+        );
+        assert!(ledger.needs_rewrite());
+        assert!(ledger.put(record("b", State::Accepted)).is_err());
+        assert!(
+            ledger.get("b").is_none(),
+            "a new task is not taken unrecorded"
+        );
+        assert!(ledger.repair().is_err());
+        std::fs::remove_dir_all(d.join(".ledger.jsonl.tmp")).unwrap();
+        ledger.repair().unwrap();
+        assert!(!ledger.needs_rewrite());
+        ledger.put(record("b", State::Accepted)).unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&d).unwrap();
+        assert_eq!(ledger.get("a").unwrap().state, State::Succeeded);
+        assert!(ledger.get("b").is_some());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -8,6 +8,12 @@
 //! first; one task stuck on an odd answer does not hold the others back.
 //! Past [`LIMIT`] entries the agent stops claiming new tasks, but an update
 //! is never dropped: final states are still written.
+//!
+//! When the state directory cannot be written (a full disk), an update is
+//! still queued, in memory, and sent like any other: the manager hearing of
+//! it matters more than a file that cannot be made. The task table retries
+//! the write ([`Outbox::persist_unwritten`]) until it succeeds or the
+//! update is acknowledged, whichever comes first.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +34,8 @@ pub const LIMIT: usize = 10_000;
 struct Entry {
     update: Update,
     not_before: Instant,
+    /// Its file exists (false only while the state directory is failing).
+    durable: bool,
 }
 
 struct Inner {
@@ -72,6 +80,7 @@ impl Outbox {
                         Entry {
                             update,
                             not_before: Instant::now(),
+                            durable: true,
                         },
                     );
                 }
@@ -91,20 +100,43 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes `update` durably and queues it for sending.
+    fn entry_path(&self, n: u64) -> PathBuf {
+        self.dir.join(format!("{n:020}.json"))
+    }
+
+    /// Writes `update` durably and queues it for sending. When the write
+    /// fails the update is queued all the same, in memory only, and the
+    /// error says why it is not durable yet.
     pub fn push(&self, update: &Update) -> Result<()> {
         let mut inner = self.lock();
         let n = inner.next;
-        crate::state::write_json(&self.dir.join(format!("{n:020}.json")), update)?;
+        let written = crate::state::write_json(&self.entry_path(n), update);
         inner.next += 1;
         inner.entries.insert(
             n,
             Entry {
                 update: update.clone(),
                 not_before: Instant::now(),
+                durable: written.is_ok(),
             },
         );
         self.changed.notify_all();
+        written
+    }
+
+    /// Queued updates that have no file yet.
+    pub fn unwritten(&self) -> usize {
+        self.lock().entries.values().filter(|e| !e.durable).count()
+    }
+
+    /// Writes the files of updates queued while the state directory could
+    /// not be written, oldest first; stops at the first failure.
+    pub fn persist_unwritten(&self) -> Result<()> {
+        let mut inner = self.lock();
+        for (n, entry) in inner.entries.iter_mut().filter(|(_, e)| !e.durable) {
+            crate::state::write_json(&self.entry_path(*n), &entry.update)?;
+            entry.durable = true;
+        }
         Ok(())
     }
 
@@ -161,9 +193,9 @@ impl Outbox {
 
     fn acknowledge(&self, n: u64) {
         let mut inner = self.lock();
-        inner.entries.remove(&n);
-        let path = self.dir.join(format!("{n:020}.json"));
-        if let Err(e) = std::fs::remove_file(&path) {
+        let durable = inner.entries.remove(&n).is_some_and(|e| e.durable);
+        let path = self.entry_path(n);
+        if durable && let Err(e) = std::fs::remove_file(&path) {
             log::warn!("cannot remove sent update {}: {e}", path.display());
         }
         self.changed.notify_all();
@@ -305,6 +337,34 @@ mod tests {
             3,
             "a final state past the limit is still kept"
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_update_that_cannot_be_written_is_queued_and_written_later() {
+        let d = dir("unwritable");
+        let outbox = Outbox::open(&d).unwrap();
+        // A file where the directory was: every write in it fails, as on a
+        // full disk, without needing one.
+        std::fs::remove_dir_all(d.join("outbox")).unwrap();
+        std::fs::write(d.join("outbox"), b"").unwrap();
+        assert!(outbox.push(&Update::new("a", 1, State::Running)).is_err());
+        assert_eq!((outbox.len(), outbox.unwritten()), (1, 1));
+        assert!(outbox.persist_unwritten().is_err());
+        let (n, queued) = outbox.next_ready(Duration::ZERO).unwrap();
+        assert_eq!(
+            (queued.task_id.as_str(), queued.seq),
+            ("a", 1),
+            "still sent"
+        );
+        std::fs::remove_file(d.join("outbox")).unwrap();
+        std::fs::create_dir(d.join("outbox")).unwrap();
+        outbox.persist_unwritten().unwrap();
+        assert_eq!(outbox.unwritten(), 0);
+        assert!(d.join(format!("outbox/{n:020}.json")).exists());
+        drop(outbox);
+        let reopened = Outbox::open(&d).unwrap();
+        assert_eq!(reopened.pending()[0].task_id, "a");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -6,7 +6,9 @@
 //! loop records the task in the ledger and then removes the file, so a crash
 //! in between cannot lose a task (the ledger stops it from running twice).
 //! A file that is not a Task (not JSON, not an object, a bad id) is moved to
-//! `inbox/rejected/` with a `.error` file beside it saying why.
+//! `inbox/rejected/` with a `.error` file beside it saying why. While the
+//! state directory cannot be written no file is handed (its task could not
+//! be recorded).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,12 @@ pub fn run(state_dir: PathBuf, telemetry: Arc<Telemetry>, events: Sender<Event>,
             .unwrap_or_default();
         files.sort();
         handed.retain(|p| p.exists());
+        if telemetry.task_view().storage_fault.is_some() {
+            // Files handed while the state directory failed may have been
+            // left in place; once it works again they are handed afresh.
+            handed.clear();
+            files.clear();
+        }
         for path in files {
             if handed.contains(&path) || telemetry.task_view().free_slots == 0 {
                 continue;

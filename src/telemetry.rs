@@ -108,6 +108,18 @@ pub struct TaskView {
     pub finished: std::collections::BTreeMap<(String, String), u64>,
     /// Collectors: (name, restarts, process up, cpu percent, rss bytes).
     pub collectors: Vec<(String, u32, bool, f64, u64)>,
+    /// The state directory refuses writes: the latest error, and since
+    /// when. Claiming and the spool pause meanwhile.
+    pub storage_fault: Option<(String, SystemTime)>,
+    /// Writes to the state directory that failed, this instance.
+    pub storage_write_errors: u64,
+}
+
+impl TaskView {
+    /// New tasks can be recorded (and so taken) now.
+    pub fn can_take_tasks(&self) -> bool {
+        self.free_slots > 0 && !self.outbox_full && self.storage_fault.is_none()
+    }
 }
 
 impl Telemetry {
@@ -238,6 +250,7 @@ impl Telemetry {
             "uptime_s": round2(self.uptime().as_secs_f64()),
             "mode": if self.manager_url.is_some() { "manager" } else { "manager-less" },
             "last_heartbeat_ok_ago_s": self.last_heartbeat_ago(&session),
+            "storage_ok": self.task_view().storage_fault.is_none(),
         });
         format!("{body}\n")
     }
@@ -273,6 +286,13 @@ impl Telemetry {
                 "pending": view.outbox_pending,
                 "full": view.outbox_full,
                 "delivered": self.updates_delivered.load(Ordering::Relaxed),
+            },
+            "storage": {
+                "ok": view.storage_fault.is_none(),
+                "error": view.storage_fault.as_ref().map(|(e, _)| e),
+                "failing_since": view.storage_fault.as_ref().map(|(_, at)| clock::rfc3339(*at)),
+                "write_errors": view.storage_write_errors,
+                "taking_tasks": view.can_take_tasks(),
             },
         });
         format!("{body}\n")
@@ -440,6 +460,22 @@ impl Telemetry {
             if view.outbox_full { 1.0 } else { 0.0 },
         );
         exp.single(
+            "outpost_storage_ok",
+            "0 while the state directory refuses writes and no new task is taken.",
+            Kind::Gauge,
+            if view.storage_fault.is_none() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        exp.single(
+            "outpost_storage_write_errors_total",
+            "Writes to the state directory that failed.",
+            Kind::Counter,
+            view.storage_write_errors as f64,
+        );
+        exp.single(
             "outpost_status_updates_delivered_total",
             "Status updates the manager acknowledged.",
             Kind::Counter,
@@ -490,12 +526,20 @@ impl Telemetry {
             (Some(_), _, _) => "registering".to_string(),
         };
         drop(session);
-        let (running, pending) = {
+        let (running, pending, storage) = {
             let view = self.task_view();
-            (view.reports.len(), view.outbox_pending)
+            (
+                view.reports.len(),
+                view.outbox_pending,
+                view.storage_fault.clone(),
+            )
         };
         let session = self.session();
         let mut line = format!("{link}; {running} tasks running; outbox {pending}");
+        if let Some((error, _)) = storage {
+            line.push_str("; state directory failing: ");
+            line.push_str(&error);
+        }
         if let Some(error) = &session.last_error {
             line.push_str("; last error: ");
             line.push_str(error);

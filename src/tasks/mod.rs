@@ -7,6 +7,12 @@
 //! ledger; for spool tasks the ledger, then `results/<id>.json`) and only
 //! then is anything else allowed to happen. The submodules hold the task
 //! types' own knowledge: checking payloads, and iperf3's arguments and JSON.
+//!
+//! When the state directory cannot be written (a full disk), the table
+//! takes no new task (one that cannot be recorded must not run), keeps what
+//! it could not write in memory, publishes the fault for `/status`,
+//! `/metrics` and the claim and spool threads, and retries the writes every
+//! [`STORAGE_RETRY_EVERY`] until they go through.
 
 pub mod collector;
 pub mod iperf;
@@ -39,6 +45,29 @@ const USAGE_EVERY: Duration = Duration::from_secs(5);
 /// A client run gets its test time plus this before `timeout_s` applies by
 /// default (connection set-up, omitted seconds, the final exchange).
 const CLIENT_TIMEOUT_SLACK: Duration = Duration::from_secs(60);
+/// How often writes that failed are tried again.
+pub const STORAGE_RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// What became of a task handed to [`Tasks::accept`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intake {
+    /// In the ledger: it runs (or was reported) from here on.
+    Taken,
+    /// Not recorded, because the state directory cannot be written: the
+    /// task stays where it came from (the manager hands it out again; the
+    /// spool file stays in `inbox/`).
+    Deferred,
+}
+
+/// The state directory refused a write, and since when.
+#[derive(Default)]
+struct Storage {
+    fault: Option<(String, SystemTime)>,
+    write_errors: u64,
+    last_try: Option<Instant>,
+    /// Spool results whose file could not be written, by task id.
+    unwritten_results: BTreeMap<String, Update>,
+}
 
 pub struct Settings {
     pub iperf3: String,
@@ -98,6 +127,7 @@ pub struct Tasks {
     collectors: BTreeMap<String, String>,
     fetcher: Arc<crate::fetch::Fetcher>,
     events: std::sync::mpsc::Sender<crate::agent::Event>,
+    storage: Storage,
 }
 
 impl Live {
@@ -128,13 +158,15 @@ impl Tasks {
             for update in outbox.pending() {
                 if let Some(record) = ledger.get(&update.task_id).cloned()
                     && update.seq > record.seq
-                {
-                    ledger.put(Record {
+                    && let Err(e) = ledger.put(Record {
                         state: update.state,
                         seq: update.seq,
                         last: Some(update),
                         ..record
-                    })?;
+                    })
+                {
+                    // Kept in memory; the storage retry writes it.
+                    log::error!("{e}");
                 }
             }
         }
@@ -153,7 +185,15 @@ impl Tasks {
             collectors: BTreeMap::new(),
             fetcher: Arc::new(fetcher),
             events,
+            storage: Storage::default(),
         };
+        if tasks.ledger.needs_rewrite() {
+            tasks.storage_failed(&crate::error::Error::io(
+                "rewrite",
+                tasks.settings.state_dir.join("ledger.jsonl"),
+                std::io::Error::other("the ledger could not be rewritten at start"),
+            ));
+        }
         tasks.recover();
         tasks.refresh_view(true);
         Ok(tasks)
@@ -213,7 +253,7 @@ impl Tasks {
 
     /// Takes a task from a claim or a spool file. `Err` (with the reason)
     /// only for a task whose id breaks the id rule: it cannot be reported.
-    pub fn accept(&mut self, value: &Value, origin: Origin) -> std::result::Result<(), String> {
+    pub fn accept(&mut self, value: &Value, origin: Origin) -> std::result::Result<Intake, String> {
         let task = match payload::decode(value) {
             Ok(task) => task,
             Err(Refusal::BadId { escaped }) => {
@@ -234,45 +274,51 @@ impl Tasks {
             }) => {
                 if self.ledger.get(&id).is_some() {
                     self.handed_out_again(&id);
-                    return Ok(());
+                    return Ok(Intake::Taken);
                 }
                 log::warn!(task_id = id.as_str(); "task {id} rejected: {message}");
-                self.reject(&id, &type_name, origin, kind, message);
-                return Ok(());
+                return Ok(self.reject(&id, &type_name, origin, kind, message));
             }
         };
         if self.ledger.get(&task.id).is_some() {
             self.handed_out_again(&task.id);
-            return Ok(());
+            return Ok(Intake::Taken);
         }
         if self.live.len() as u32 >= self.settings.max_tasks {
             let message = format!("{} tasks are running, the limit", self.settings.max_tasks);
-            self.reject(&task.id, task.kind.type_name(), origin, "capacity", message);
-            return Ok(());
+            return Ok(self.reject(&task.id, task.kind.type_name(), origin, "capacity", message));
         }
         if let Kind::IperfServer(server) = &task.kind
             && let Some(other) = self.server_on_port(server.port)
         {
             let message = format!("port: {} is already served by task {other}", server.port);
-            self.reject(
+            return Ok(self.reject(
                 &task.id,
                 task.kind.type_name(),
                 origin,
                 "invalid_payload",
                 message,
-            );
-            return Ok(());
+            ));
         }
-        self.start(task, origin);
-        Ok(())
+        Ok(self.start(task, origin))
     }
 
     /// Records a task that never runs and reports it `rejected`.
-    fn reject(&mut self, id: &str, type_name: &str, origin: Origin, kind: &str, message: String) {
-        self.new_record(id, type_name, origin, None);
+    fn reject(
+        &mut self,
+        id: &str,
+        type_name: &str,
+        origin: Origin,
+        kind: &str,
+        message: String,
+    ) -> Intake {
+        if self.new_record(id, type_name, origin) == Intake::Deferred {
+            return Intake::Deferred;
+        }
         self.emit_for(id, State::Rejected, |u| {
             *u = u.clone().with_error(kind, message)
         });
+        Intake::Taken
     }
 
     /// Notes a task's (new) process in the ledger, so that a restart can
@@ -285,6 +331,7 @@ impl Tasks {
             });
             if let Err(e) = self.ledger.put(record) {
                 log::error!(task_id = id; "cannot record the process of task {id}: {e}");
+                self.storage_failed(&e);
             }
         }
     }
@@ -310,13 +357,9 @@ impl Tasks {
         })
     }
 
-    fn new_record(
-        &mut self,
-        id: &str,
-        type_name: &str,
-        origin: Origin,
-        process: Option<ProcessRef>,
-    ) {
+    /// Puts a new task id in the ledger; `Deferred` when it cannot be made
+    /// durable, and then the task must not run.
+    fn new_record(&mut self, id: &str, type_name: &str, origin: Origin) -> Intake {
         let record = Record {
             id: id.to_string(),
             type_name: type_name.to_string(),
@@ -324,18 +367,32 @@ impl Tasks {
             state: State::Accepted,
             seq: 0,
             last: None,
-            process,
+            process: None,
             finished: 0,
         };
-        if let Err(e) = self.ledger.put(record) {
-            log::error!(task_id = id; "cannot record task {id} in the ledger: {e}");
+        match self.ledger.put(record) {
+            Ok(()) => Intake::Taken,
+            Err(e) => {
+                log::error!(task_id = id; "task {id} not taken: cannot record it in the ledger: {e}; it is taken once the state directory can be written");
+                self.storage_failed(&e);
+                Intake::Deferred
+            }
         }
     }
 
-    fn start(&mut self, task: Task, origin: Origin) {
+    fn start(&mut self, task: Task, origin: Origin) -> Intake {
         let id = task.id.clone();
         // The ledger knows the id before anything runs: at most once.
-        self.new_record(&id, task.kind.type_name(), origin, None);
+        if self.new_record(&id, task.kind.type_name(), origin) == Intake::Deferred {
+            return Intake::Deferred;
+        }
+        self.run_recorded(task);
+        Intake::Taken
+    }
+
+    /// Starts a task the ledger now holds.
+    fn run_recorded(&mut self, task: Task) {
+        let id = task.id.clone();
         let mut live = Live {
             deadline: None,
             task,
@@ -648,6 +705,7 @@ impl Tasks {
         }
         self.probe_servers();
         let collectors_next = self.tick_collectors();
+        self.retry_storage();
         self.refresh_view(false);
         let next = if self.live.values().any(|l| l.ready_by.is_some()) {
             SERVER_PROBE_EVERY
@@ -749,7 +807,8 @@ impl Tasks {
             && let Some(outbox) = &self.outbox
             && let Err(e) = outbox.push(&update)
         {
-            log::error!(task_id = id; "cannot write update {} of task {id} to the outbox: {e}", update.seq);
+            log::error!(task_id = id; "cannot write update {} of task {id} to the outbox: {e}; it is sent from memory and written once the state directory can be written", update.seq);
+            self.storage_failed(&e);
         }
         record.state = state;
         record.seq = update.seq;
@@ -764,7 +823,8 @@ impl Tasks {
         }
         let origin = record.origin;
         if let Err(e) = self.ledger.put(record) {
-            log::error!(task_id = id; "cannot record task {id} in the ledger: {e}");
+            log::error!(task_id = id; "cannot record task {id} in the ledger: {e}; kept in memory until the state directory can be written");
+            self.storage_failed(&e);
         }
         if origin == Origin::Spool {
             self.write_result(&update);
@@ -779,16 +839,91 @@ impl Tasks {
                     && let Err(e) = outbox.push(update)
                 {
                     log::error!("{e}");
+                    self.storage_failed(&e);
                 }
             }
             Origin::Spool => self.write_result(update),
         }
     }
 
-    fn write_result(&self, update: &Update) {
+    fn write_result(&mut self, update: &Update) {
         let path = self.results.join(format!("{}.json", update.task_id));
-        if let Err(e) = crate::state::write_json(&path, update) {
-            log::error!(task_id = update.task_id.as_str(); "{e}");
+        match crate::state::write_json(&path, update) {
+            Ok(()) => {
+                self.storage.unwritten_results.remove(&update.task_id);
+            }
+            Err(e) => {
+                log::error!(task_id = update.task_id.as_str(); "{e}");
+                self.storage_failed(&e);
+                self.storage
+                    .unwritten_results
+                    .insert(update.task_id.clone(), update.clone());
+            }
+        }
+    }
+
+    /// Notes a write the state directory refused; the first one of a run
+    /// of failures says what it means for the agent.
+    fn storage_failed(&mut self, error: &crate::error::Error) {
+        self.storage.write_errors += 1;
+        if self.storage.fault.is_none() {
+            log::error!(
+                "the state directory {} cannot be written ({error}); no new tasks are taken until it can, and what could not be written is kept in memory and retried every {}s",
+                self.settings.state_dir.display(),
+                STORAGE_RETRY_EVERY.as_secs()
+            );
+            self.storage.fault = Some((error.to_string(), SystemTime::now()));
+            self.storage.last_try = Some(Instant::now());
+        }
+    }
+
+    /// Tries again every write that failed; clears the fault once all of
+    /// them, and a probe file, go through.
+    fn retry_storage(&mut self) {
+        if self.storage.fault.is_none()
+            || self
+                .storage
+                .last_try
+                .is_some_and(|t| t.elapsed() < STORAGE_RETRY_EVERY)
+        {
+            return;
+        }
+        self.storage.last_try = Some(Instant::now());
+        let probe = self.settings.state_dir.join(".storage-probe");
+        let outbox = self.outbox.clone();
+        let attempt = outbox
+            .as_ref()
+            .map_or(Ok(()), |o| o.persist_unwritten())
+            .and_then(|()| self.ledger.repair())
+            .and_then(|()| {
+                let results: Vec<Update> =
+                    self.storage.unwritten_results.values().cloned().collect();
+                for update in results {
+                    let path = self.results.join(format!("{}.json", update.task_id));
+                    crate::state::write_json(&path, &update)?;
+                    self.storage.unwritten_results.remove(&update.task_id);
+                }
+                Ok(())
+            })
+            .and_then(|()| crate::state::write_atomic(&probe, b"outpost\n"));
+        let _ = std::fs::remove_file(&probe);
+        match attempt {
+            Ok(()) => {
+                if let Some((_, since)) = self.storage.fault.take() {
+                    let secs = since.elapsed().map_or(0, |d| d.as_secs());
+                    log::info!(
+                        "the state directory {} can be written again (after {secs}s); taking tasks again",
+                        self.settings.state_dir.display()
+                    );
+                }
+                self.refresh_view(true);
+            }
+            Err(e) => {
+                log::debug!("state directory still failing: {e}");
+                if let Some(fault) = &mut self.storage.fault {
+                    fault.0 = e.to_string();
+                }
+            }
         }
     }
 
@@ -873,6 +1008,8 @@ impl Tasks {
         view.outbox_full = full;
         view.finished = self.finished.clone();
         view.collectors = collectors;
+        view.storage_fault = self.storage.fault.clone();
+        view.storage_write_errors = self.storage.write_errors;
     }
 
     pub fn running_count(&self) -> usize {
