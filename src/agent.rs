@@ -141,7 +141,10 @@ pub fn run(config: Config) -> Result<i32> {
         telemetry.clone(),
         crate::fetch::Fetcher::new(
             crate::manager::tls_config(&config)?,
-            config.allow_http_config,
+            crate::fetch::UrlPolicy {
+                allow_http: config.allow_http_config,
+                allow_link_local: config.allow_link_local_config,
+            },
         ),
         events.clone(),
     )?;

@@ -67,6 +67,7 @@ pub struct Config {
     pub iperf3: String,
     pub collector_cmd: Vec<String>,
     pub allow_http_config: bool,
+    pub allow_link_local_config: bool,
     pub stop_grace: Duration,
     pub pushgateway_url: Option<String>,
     pub ca_file: Option<PathBuf>,
@@ -193,6 +194,12 @@ const SETTINGS: &[Setting] = &[
         flag: None,
         default: "false",
         meaning: "allow http:// config URLs",
+    },
+    Setting {
+        var: "OUTPOST_ALLOW_LINK_LOCAL_CONFIG",
+        flag: None,
+        default: "false",
+        meaning: "allow config URLs at link-local addresses (169.254.0.0/16, fe80::/10: cloud metadata)",
     },
     Setting {
         var: "OUTPOST_STOP_GRACE",
@@ -478,15 +485,19 @@ fn resolve(raw: &Raw) -> Result<Config> {
             ),
         ));
     }
-    let allow_http_config = match take("OUTPOST_ALLOW_HTTP_CONFIG") {
-        None => false,
-        Some(text) => parse_bool(&text).ok_or_else(|| {
-            Error::config(
-                "OUTPOST_ALLOW_HTTP_CONFIG",
-                format!("{text:?} is not true or false"),
-            )
-        })?,
+    let flag = |name: &'static str, value: Option<String>| match value {
+        None => Ok(false),
+        Some(text) => parse_bool(&text)
+            .ok_or_else(|| Error::config(name, format!("{text:?} is not true or false"))),
     };
+    let allow_http_config = flag(
+        "OUTPOST_ALLOW_HTTP_CONFIG",
+        take("OUTPOST_ALLOW_HTTP_CONFIG"),
+    )?;
+    let allow_link_local_config = flag(
+        "OUTPOST_ALLOW_LINK_LOCAL_CONFIG",
+        take("OUTPOST_ALLOW_LINK_LOCAL_CONFIG"),
+    )?;
     let stop_grace = duration_in(
         "OUTPOST_STOP_GRACE",
         take("OUTPOST_STOP_GRACE"),
@@ -527,6 +538,7 @@ fn resolve(raw: &Raw) -> Result<Config> {
         iperf3,
         collector_cmd,
         allow_http_config,
+        allow_link_local_config,
         stop_grace,
         pushgateway_url,
         ca_file,
@@ -768,6 +780,10 @@ impl Config {
                 "OUTPOST_ALLOW_HTTP_CONFIG",
                 self.allow_http_config.to_string(),
             ),
+            (
+                "OUTPOST_ALLOW_LINK_LOCAL_CONFIG",
+                self.allow_link_local_config.to_string(),
+            ),
             ("OUTPOST_STOP_GRACE", format_duration(self.stop_grace)),
             ("OUTPOST_PUSHGATEWAY_URL", opt(&self.pushgateway_url)),
             ("OUTPOST_CA_FILE", path(&self.ca_file)),
@@ -923,6 +939,10 @@ mod tests {
             (
                 &[("OUTPOST_ALLOW_HTTP_CONFIG", "maybe")],
                 "OUTPOST_ALLOW_HTTP_CONFIG",
+            ),
+            (
+                &[("OUTPOST_ALLOW_LINK_LOCAL_CONFIG", "1.5")],
+                "OUTPOST_ALLOW_LINK_LOCAL_CONFIG",
             ),
             (
                 &[("OUTPOST_COLLECTOR_CMD", "otelcol")],

@@ -132,3 +132,35 @@ fn names_and_ids_never_leave_their_directories() {
     );
     assert!(!Path::new("/tmp/escaped.conf").exists());
 }
+
+#[test]
+fn config_urls_at_link_local_metadata_addresses_are_refused() {
+    let manager = FakeManager::start();
+    // http is allowed, so only the link-local rule stands in the way.
+    let agent = Agent::with_manager(
+        &manager,
+        &[
+            ("OUTPOST_COLLECTOR_CMD", "/bin/sh {config}"),
+            ("OUTPOST_ALLOW_HTTP_CONFIG", "true"),
+        ],
+    );
+    // A literal address: refused when the task is checked.
+    manager.hand_out(json!({"id": "meta-literal", "type": "collector_start", "payload": {
+        "config_url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}}));
+    let rejected = manager.wait_state("meta-literal", "rejected", 10 * SECOND);
+    assert_eq!(rejected["error"]["kind"], "invalid_payload");
+    let message = rejected["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("config_url:") && message.contains("OUTPOST_ALLOW_LINK_LOCAL_CONFIG"),
+        "{message}"
+    );
+    // A name that only resolves there (the decimal form of the same
+    // address): refused before anything connects.
+    manager.hand_out(json!({"id": "meta-name", "type": "collector_start", "payload": {
+        "config_url": "http://2852039166/latest/meta-data/"}}));
+    let failed = manager.wait_state("meta-name", "failed", 20 * SECOND);
+    assert_eq!(failed["error"]["kind"], "download_failed");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains("link-local"), "{message}");
+    drop(agent);
+}
