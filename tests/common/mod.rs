@@ -40,6 +40,27 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// How the answer goes wrong on the wire, if it does.
+    pub fault: Option<Fault>,
+}
+
+/// Ways an answer can break in transit (the chaos test's faults).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// The connection is reset instead of answered.
+    Reset,
+    /// The answer comes after this long.
+    Slow(Duration),
+    /// The head promises the whole body; half of it comes, then the close.
+    Truncated,
+}
+
+impl Reply {
+    /// The agent saw a whole 2xx (or a 409) answer.
+    pub fn is_clean_success(&self) -> bool {
+        ((200..300).contains(&self.status) || self.status == 409)
+            && matches!(self.fault, None | Some(Fault::Slow(_)))
+    }
 }
 
 impl Reply {
@@ -48,6 +69,7 @@ impl Reply {
             status,
             headers: vec![],
             body: body.to_string(),
+            fault: None,
         }
     }
     pub fn status(status: u16) -> Reply {
@@ -55,21 +77,29 @@ impl Reply {
             status,
             headers: vec![],
             body: String::new(),
+            fault: None,
         }
     }
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.into(), value.into()));
         self
     }
+    pub fn with_fault(mut self, fault: Fault) -> Reply {
+        self.fault = Some(fault);
+        self
+    }
 }
 
 type Script = Box<dyn FnMut(&Seen) -> Reply + Send>;
+/// Rewrites every answer, claims with tasks included, just before it goes.
+type Chaos = Box<dyn FnMut(&Seen, Reply) -> Reply + Send>;
 
 pub struct FakeManager {
     pub base: String,
     prefix: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     script: Arc<Mutex<Script>>,
+    chaos: Arc<Mutex<Chaos>>,
     queue: Arc<Mutex<std::collections::VecDeque<Value>>>,
 }
 
@@ -93,19 +123,24 @@ impl FakeManager {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(Box::new(default_reply)));
+        let chaos: Arc<Mutex<Chaos>> = Arc::new(Mutex::new(Box::new(|_, reply| reply)));
         let queue = Arc::new(Mutex::new(std::collections::VecDeque::new()));
         {
             let seen = seen.clone();
             let script = script.clone();
+            let chaos = chaos.clone();
             let prefix = prefix.to_string();
             let queue = queue.clone();
             std::thread::spawn(move || {
                 for stream in listener.incoming().flatten() {
                     let seen = seen.clone();
                     let script = script.clone();
+                    let chaos = chaos.clone();
                     let prefix = prefix.clone();
                     let queue = queue.clone();
-                    std::thread::spawn(move || serve(stream, &prefix, &seen, &script, &queue));
+                    std::thread::spawn(move || {
+                        serve(stream, &prefix, &seen, &script, &chaos, &queue)
+                    });
                 }
             });
         }
@@ -114,6 +149,7 @@ impl FakeManager {
             prefix: prefix.to_string(),
             seen,
             script,
+            chaos,
             queue,
         }
     }
@@ -163,6 +199,18 @@ impl FakeManager {
         *self.script.lock().unwrap() = Box::new(script);
     }
 
+    /// Rewrites every answer from now on (`|_, reply| reply` undoes it). A
+    /// claim whose tasks did not arrive cleanly puts them back in the
+    /// queue, as a manager that believes the hand-out was lost would.
+    pub fn set_chaos(&self, chaos: impl FnMut(&Seen, Reply) -> Reply + Send + 'static) {
+        *self.chaos.lock().unwrap() = Box::new(chaos);
+    }
+
+    /// Tasks queued and not yet handed out.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().unwrap().len()
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -204,6 +252,7 @@ fn serve(
     prefix: &str,
     seen: &Mutex<Vec<Seen>>,
     script: &Mutex<Script>,
+    chaos: &Mutex<Chaos>,
     queue: &Mutex<std::collections::VecDeque<Value>>,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
@@ -258,6 +307,7 @@ fn serve(
             at: Instant::now(),
         };
         seen.lock().unwrap().push(request.clone());
+        let mut handed = Vec::new();
         let reply = if request.path == "/v1/agent/tasks/claim" {
             // A long poll, held at most a second so tests stay quick.
             let max = request.body["max_tasks"].as_u64().unwrap_or(1) as usize;
@@ -269,6 +319,7 @@ fn serve(
                     q.drain(..n).collect()
                 };
                 if !tasks.is_empty() {
+                    handed = tasks.clone();
                     break Reply::json(200, serde_json::json!({ "tasks": tasks }));
                 }
                 if Instant::now() > deadline {
@@ -279,6 +330,34 @@ fn serve(
         } else {
             (script.lock().unwrap())(&request)
         };
+        let meant = reply.body.clone();
+        let reply = (chaos.lock().unwrap())(&request, reply);
+        if !handed.is_empty() && (!reply.is_clean_success() || reply.body != meant) {
+            let mut q = queue.lock().unwrap();
+            for task in handed.into_iter().rev() {
+                q.push_front(task);
+            }
+        }
+        match reply.fault {
+            Some(Fault::Reset) => {
+                // SO_LINGER 0: the close sends a reset, not a FIN.
+                let _ = nix::sys::socket::setsockopt(
+                    &stream,
+                    nix::sys::socket::sockopt::Linger,
+                    &nix::libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    },
+                );
+                return;
+            }
+            Some(Fault::Slow(delay)) => std::thread::sleep(delay),
+            Some(Fault::Truncated) | None => {}
+        }
+        let body = match reply.fault {
+            Some(Fault::Truncated) => &reply.body.as_bytes()[..reply.body.len() / 2],
+            _ => reply.body.as_bytes(),
+        };
         let mut out = format!(
             "HTTP/1.1 {} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n",
             reply.status,
@@ -288,8 +367,9 @@ fn serve(
             out.push_str(&format!("{k}: {v}\r\n"));
         }
         out.push_str("\r\n");
-        out.push_str(&reply.body);
-        let _ = stream.write_all(out.as_bytes());
+        let _ = stream
+            .write_all(out.as_bytes())
+            .and_then(|()| stream.write_all(body));
     }
 }
 
