@@ -1,7 +1,7 @@
-//! `kill -9` of the agent at random moments during a mixed workload,
-//! restarting it each time (50 rounds here; `OUTPOST_CRASH_ROUNDS=500` by
-//! hand). After every restart: the state loads, no process is orphaned or
-//! duplicated. At the end: no task ran twice, every task is final (or a
+//! `kill -9` of the agent at random moments during a mixed workload of
+//! one-shot, client, server, collector and spool tasks, restarting it each
+//! time (50 rounds here; `OUTPOST_CRASH_ROUNDS=500` by hand). After every
+//! restart: the state loads, no process is orphaned or duplicated. At the end: no task ran twice, every task is final (or a
 //! running collector), and every task's updates arrived numbered 1, 2, 3…
 //! without a gap.
 
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{Agent, FakeManager, KEY, TempDir, eventually};
+use common::{Agent, FakeManager, KEY, TempDir, eventually, free_port};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -36,6 +36,51 @@ fn processes_by_task(marker: &str) -> BTreeMap<String, Vec<i32>> {
     found
 }
 
+/// Fields of /proc/<pid>/stat after the command name: state, ppid, pgid.
+fn stat_of(pid: i32) -> Option<(String, i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.to_string();
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some((state, ppid, pgid))
+}
+
+/// Live processes of the test's tasks (by `OUTPOST_TASK=r<round>-…`) whose
+/// process group was not started by `agent`: leftovers of an earlier
+/// instance that recovery should have stopped.
+fn orphans_of(agent: u32, prefix: &str) -> Vec<String> {
+    let mut orphans = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let Some(task) = env
+            .split(|b| *b == 0)
+            .find_map(|v| v.strip_prefix(b"OUTPOST_TASK="))
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .filter(|t| t.starts_with(prefix))
+        else {
+            continue;
+        };
+        let Some((state, _, pgid)) = stat_of(pid) else {
+            continue;
+        };
+        if state == "Z" {
+            continue; // dead; this container's PID 1 does not reap
+        }
+        let leader_parent = stat_of(pgid).map(|(_, ppid, _)| ppid);
+        if leader_parent != Some(agent as i32) {
+            orphans.push(format!("{task}: pid {pid} in group {pgid}"));
+        }
+    }
+    orphans
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice() {
     let rounds: u32 = std::env::var("OUTPOST_CRASH_ROUNDS")
@@ -46,12 +91,12 @@ fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice() {
     let runs = work.path().join("runs.log");
     let marker = format!("crashloop-{}", std::process::id());
     // A stand-in iperf3 that notes every run of its task, then answers
-    // with JSON like a successful client run.
+    // with JSON like a successful client run; servers are the real iperf3.
     let fake_iperf = work.path().join("iperf3");
     std::fs::write(
         &fake_iperf,
         format!(
-            "#!/bin/sh\necho \"$OUTPOST_TASK\" >> {}\nsleep 0.2\necho '{{\"end\":{{}}}}'\n",
+            "#!/bin/sh\necho \"$OUTPOST_TASK\" >> {}\n[ \"$1\" = -s ] && exec iperf3 \"$@\"\nsleep 0.2\necho '{{\"end\":{{}}}}'\n",
             runs.display()
         ),
     )
@@ -91,15 +136,22 @@ fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice() {
                 .count()
                 > round as usize
         });
+        // Registered means recovery is over: whatever an earlier instance
+        // left is stopped or supervised again, by this one.
+        eventually("no orphan of an earlier instance", 10 * SECOND, || {
+            orphans_of(agent.child.id(), "r").is_empty()
+        });
         for i in 0..3 {
             let id = format!("r{round}-{i}");
-            let task = match random(4) {
+            let task = match random(5) {
                 0 => json!({"id": id, "type": "system_info"}),
                 1 => {
                     json!({"id": id, "type": "iperf_client_run", "payload": {"server": "127.0.0.1", "time": 1}})
                 }
                 2 => json!({"id": id, "type": "collector_start",
                     "payload": {"name": format!("c{}", random(3)), "config": format!("exec sleep 3600 # {marker} {}\n", random(2))}}),
+                3 => json!({"id": id, "type": "iperf_server_start",
+                    "payload": {"port": free_port(), "one_off": random(2) == 0}}),
                 _ => {
                     let path = agent.state_dir().join("inbox").join(format!("{id}.json"));
                     let _ =
@@ -111,6 +163,9 @@ fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice() {
             manager.hand_out(task);
         }
         std::thread::sleep(Duration::from_millis(50 + random(450)));
+        eventually("every task process supervised", 10 * SECOND, || {
+            orphans_of(agent.child.id(), "r").is_empty()
+        });
         agent.signal(Signal::SIGKILL);
         agent.wait_exit(5 * SECOND);
         std::mem::forget(agent);
