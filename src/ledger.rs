@@ -14,8 +14,16 @@
 //! next write rewrites the whole journal instead, until that works again. A
 //! record of an id the ledger did not know is never kept in memory only:
 //! a task that cannot be recorded durably must not run.
+//!
+//! A finished task's final update is kept so that it can be sent again
+//! when the task is handed out again. Results can be large (iperf3's JSON
+//! of a long test with many streams runs to megabytes), so only the newest
+//! final updates, up to [`FULL_RESULTS_BUDGET`] bytes, keep their `result`
+//! and `stderr_tail`; older ones keep their state, seq and error. The
+//! manager already has the whole update under the same Idempotency-Key, and
+//! memory and the journal stay bounded whatever the tasks return.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,6 +36,9 @@ use crate::update::{State, Update};
 
 /// Finished tasks remembered (the at-most-once window).
 pub const MAX_FINISHED: usize = 10_000;
+/// Bytes of journal lines of finished tasks whose final update is kept
+/// whole, `result` included.
+pub const FULL_RESULTS_BUDGET: usize = 4 * 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -72,6 +83,11 @@ pub struct Ledger {
     max_finished: usize,
     /// An append failed: the journal must be rewritten before use.
     rewrite_pending: bool,
+    /// Finished records whose final update is whole, by finishing order:
+    /// (id, bytes of its journal line).
+    whole: BTreeMap<u64, (String, usize)>,
+    whole_bytes: usize,
+    whole_budget: usize,
 }
 
 impl Ledger {
@@ -82,8 +98,14 @@ impl Ledger {
 
     /// Like [`Ledger::open`] with another bound on finished records.
     pub fn open_bounded(dir: &Path, max_finished: usize) -> Result<Ledger> {
+        Ledger::open_with(dir, max_finished, FULL_RESULTS_BUDGET)
+    }
+
+    /// Like [`Ledger::open`] with other bounds on finished records and on
+    /// the bytes of whole final updates.
+    pub fn open_with(dir: &Path, max_finished: usize, whole_budget: usize) -> Result<Ledger> {
         let path = dir.join("ledger.jsonl");
-        let mut records: HashMap<String, Record> = HashMap::new();
+        let mut records: HashMap<String, (Record, usize)> = HashMap::new();
         let mut lines = 0;
         let mut skipped = 0;
         if let Ok(file) = File::open(&path) {
@@ -98,7 +120,7 @@ impl Ledger {
                 lines += 1;
                 match serde_json::from_slice::<Record>(&line) {
                     Ok(record) if crate::ids::is_valid_id(&record.id) => {
-                        records.insert(record.id.clone(), record);
+                        records.insert(record.id.clone(), (record, line.len()));
                     }
                     _ => skipped += 1,
                 }
@@ -110,16 +132,24 @@ impl Ledger {
                 path.display()
             );
         }
-        let finished_counter = records.values().map(|r| r.finished).max().unwrap_or(0);
+        let finished_counter = records.values().map(|r| r.0.finished).max().unwrap_or(0);
         let mut ledger = Ledger {
             path,
             file: None,
-            records,
+            records: HashMap::with_capacity(records.len()),
             lines,
             finished_counter,
             max_finished,
             rewrite_pending: false,
+            whole: BTreeMap::new(),
+            whole_bytes: 0,
+            whole_budget,
         };
+        let mut replayed: Vec<(Record, usize)> = records.into_values().collect();
+        replayed.sort_by_key(|(r, _)| r.finished);
+        for (record, weight) in replayed {
+            ledger.keep(record, weight);
+        }
         // Start every run from a clean, compact journal: this also drops a
         // torn tail so new lines never follow half a line. On a full disk
         // the agent still starts (a failing start would be a crash loop):
@@ -180,7 +210,8 @@ impl Ledger {
         let known = self.records.contains_key(&record.id);
         let id = record.id.clone();
         let written = if self.rewrite_pending {
-            self.records.insert(id.clone(), record);
+            let weight = serde_json::to_vec(&record).map_or(0, |v| v.len());
+            self.keep(record, weight);
             self.compact()
         } else {
             self.append(record)
@@ -193,6 +224,41 @@ impl Ledger {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Holds `record` in memory; `weight` is the size of its journal line.
+    /// A finished record's final update stays whole while the newest whole
+    /// ones fit the budget; past it the oldest lose `result` and
+    /// `stderr_tail`.
+    fn keep(&mut self, record: Record, weight: usize) {
+        if let Some(old) = self.records.get(&record.id)
+            && let Some((_, bytes)) = self.whole.remove(&old.finished)
+        {
+            self.whole_bytes -= bytes;
+        }
+        let is_whole = record.state.is_final()
+            && record
+                .last
+                .as_ref()
+                .is_some_and(|l| l.result.is_some() || l.stderr_tail.is_some());
+        let finished = record.finished;
+        let id = record.id.clone();
+        self.records.insert(id.clone(), record);
+        if !is_whole {
+            return;
+        }
+        self.whole.insert(finished, (id, weight));
+        self.whole_bytes += weight;
+        while self.whole_bytes > self.whole_budget && self.whole.len() > 1 {
+            let Some((_, (id, bytes))) = self.whole.pop_first() else {
+                break;
+            };
+            self.whole_bytes -= bytes;
+            if let Some(last) = self.records.get_mut(&id).and_then(|r| r.last.as_mut()) {
+                last.result = None;
+                last.stderr_tail = None;
+            }
+        }
     }
 
     /// Appends one record to the journal. On a failed write the record is
@@ -217,7 +283,7 @@ impl Ledger {
             .write_all(&line)
             .and_then(|_| file.sync_data())
             .map_err(|e| Error::io("append to", &self.path, e));
-        self.records.insert(record.id.clone(), record);
+        self.keep(record, line.len());
         written?;
         self.lines += 1;
         if (self.lines > 2 * self.records.len() + 1024 || self.finished_over_bound())
@@ -247,8 +313,11 @@ impl Ledger {
             .collect();
         if finished.len() > self.max_finished {
             finished.sort();
-            for (_, id) in &finished[..finished.len() - self.max_finished] {
+            for (order, id) in &finished[..finished.len() - self.max_finished] {
                 self.records.remove(id);
+                if let Some((_, bytes)) = self.whole.remove(order) {
+                    self.whole_bytes -= bytes;
+                }
             }
         }
         let mut text = Vec::new();
@@ -357,6 +426,56 @@ mod tests {
         let ledger = Ledger::open(&d).unwrap();
         assert_eq!(ledger.get("a").unwrap().state, State::Succeeded);
         assert!(ledger.get("b").is_some());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn only_the_newest_results_are_kept_whole() {
+        let d = dir("whole");
+        let mut ledger = Ledger::open_with(&d, 100, 4_000).unwrap();
+        for i in 0..20 {
+            let id = format!("t{i}");
+            let mut last = Update::new(&id, 2, State::Succeeded);
+            last.result = Some(serde_json::json!({ "iperf3": "x".repeat(900) }));
+            last.stderr_tail = Some("warning".into());
+            ledger
+                .put(Record {
+                    last: Some(last),
+                    ..record(&id, State::Succeeded)
+                })
+                .unwrap();
+        }
+        let whole = |l: &Ledger| {
+            (0..20)
+                .filter(|i| {
+                    l.get(&format!("t{i}"))
+                        .unwrap()
+                        .last
+                        .as_ref()
+                        .unwrap()
+                        .result
+                        .is_some()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            whole(&ledger),
+            [17, 18, 19],
+            "the newest, within 4,000 bytes"
+        );
+        let slim = ledger.get("t0").unwrap().last.as_ref().unwrap();
+        assert_eq!(
+            (slim.seq, slim.state, slim.stderr_tail.as_deref()),
+            (2, State::Succeeded, None)
+        );
+        drop(ledger);
+        let ledger = Ledger::open_with(&d, 100, 4_000).unwrap();
+        assert_eq!(whole(&ledger), [17, 18, 19], "the same after a replay");
+        let journal = std::fs::metadata(d.join("ledger.jsonl")).unwrap().len();
+        assert!(
+            journal < 8_000,
+            "the compacted journal is bounded too: {journal}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -14,6 +14,10 @@
 //! it matters more than a file that cannot be made. The task table retries
 //! the write ([`Outbox::persist_unwritten`]) until it succeeds or the
 //! update is acknowledged, whichever comes first.
+//!
+//! Memory stays bounded while the manager is gone for days: updates are
+//! held in memory only up to [`MEMORY_BUDGET`] bytes; the rest are read
+//! back from their files when their turn comes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,9 +34,15 @@ use crate::update::Update;
 
 /// Pending updates past which claiming stops.
 pub const LIMIT: usize = 10_000;
+/// Bytes of pending updates held in memory; past it they wait on disk only.
+pub const MEMORY_BUDGET: usize = 4 * 1024 * 1024;
 
 struct Entry {
-    update: Update,
+    task_id: String,
+    /// The update, unless it waits on disk only (see [`MEMORY_BUDGET`]).
+    held: Option<Update>,
+    /// Size of its file, counted against the budget while held.
+    bytes: usize,
     not_before: Instant,
     /// Its file exists (false only while the state directory is failing).
     durable: bool,
@@ -41,6 +51,35 @@ struct Entry {
 struct Inner {
     entries: BTreeMap<u64, Entry>,
     next: u64,
+    held_bytes: usize,
+}
+
+impl Inner {
+    /// Queues an update, held in memory if it must be (no file) or fits.
+    fn insert(&mut self, n: u64, update: Update, bytes: usize, durable: bool) {
+        let hold = !durable || self.held_bytes + bytes <= MEMORY_BUDGET;
+        if hold {
+            self.held_bytes += bytes;
+        }
+        self.entries.insert(
+            n,
+            Entry {
+                task_id: update.task_id.clone(),
+                held: hold.then_some(update),
+                bytes,
+                not_before: Instant::now(),
+                durable,
+            },
+        );
+    }
+
+    fn remove(&mut self, n: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&n)?;
+        if entry.held.is_some() {
+            self.held_bytes -= entry.bytes;
+        }
+        Some(entry)
+    }
 }
 
 pub struct Outbox {
@@ -61,7 +100,11 @@ impl Outbox {
     pub fn open_with_limit(state_dir: &Path, limit: usize) -> Result<Outbox> {
         let dir = state_dir.join("outbox");
         crate::state::ensure_private_dir(&dir)?;
-        let mut entries = BTreeMap::new();
+        let mut inner = Inner {
+            entries: BTreeMap::new(),
+            next: 1,
+            held_bytes: 0,
+        };
         let listing = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
         for item in listing.flatten() {
             let path = item.path();
@@ -75,22 +118,16 @@ impl Outbox {
             let update = crate::state::read_json::<Update>(&path);
             match (number, update) {
                 (Some(n), Ok(Some(update))) if crate::ids::is_valid_id(&update.task_id) => {
-                    entries.insert(
-                        n,
-                        Entry {
-                            update,
-                            not_before: Instant::now(),
-                            durable: true,
-                        },
-                    );
+                    let bytes = item.metadata().map_or(0, |m| m.len() as usize);
+                    inner.insert(n, update, bytes, true);
                 }
                 _ => set_aside(&dir, &path, &name),
             }
         }
-        let next = entries.keys().next_back().map_or(1, |n| n + 1);
+        inner.next = inner.entries.keys().next_back().map_or(1, |n| n + 1);
         Ok(Outbox {
             dir,
-            inner: Mutex::new(Inner { entries, next }),
+            inner: Mutex::new(inner),
             changed: Condvar::new(),
             limit,
         })
@@ -108,20 +145,26 @@ impl Outbox {
     /// fails the update is queued all the same, in memory only, and the
     /// error says why it is not durable yet.
     pub fn push(&self, update: &Update) -> Result<()> {
+        let bytes = crate::state::encode_json(update)?;
         let mut inner = self.lock();
         let n = inner.next;
-        let written = crate::state::write_json(&self.entry_path(n), update);
+        let written = crate::state::write_atomic(&self.entry_path(n), &bytes);
         inner.next += 1;
-        inner.entries.insert(
-            n,
-            Entry {
-                update: update.clone(),
-                not_before: Instant::now(),
-                durable: written.is_ok(),
-            },
-        );
+        inner.insert(n, update.clone(), bytes.len(), written.is_ok());
         self.changed.notify_all();
         written
+    }
+
+    /// An entry's update: from memory, or read back from its file.
+    fn load(&self, n: u64, entry: &Entry) -> Result<Update> {
+        if let Some(update) = &entry.held {
+            return Ok(update.clone());
+        }
+        let path = self.entry_path(n);
+        crate::state::read_json::<Update>(&path)?.ok_or_else(|| Error::CorruptState {
+            path,
+            message: "the file is gone".into(),
+        })
     }
 
     /// Queued updates that have no file yet.
@@ -134,7 +177,9 @@ impl Outbox {
     pub fn persist_unwritten(&self) -> Result<()> {
         let mut inner = self.lock();
         for (n, entry) in inner.entries.iter_mut().filter(|(_, e)| !e.durable) {
-            crate::state::write_json(&self.entry_path(*n), &entry.update)?;
+            if let Some(update) = &entry.held {
+                crate::state::write_json(&self.entry_path(*n), update)?;
+            }
             entry.durable = true;
         }
         Ok(())
@@ -152,13 +197,28 @@ impl Outbox {
         self.len() >= self.limit
     }
 
-    /// Every pending update, oldest first (for reconciling the ledger).
+    /// Every pending update, oldest first, one at a time (reconciling the
+    /// ledger at start must not load them all at once).
+    pub fn each_pending(&self, mut f: impl FnMut(Update)) {
+        let inner = self.lock();
+        for (n, entry) in &inner.entries {
+            match self.load(*n, entry) {
+                Ok(update) => f(update),
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+    }
+
+    /// Every pending update, oldest first.
     pub fn pending(&self) -> Vec<Update> {
-        self.lock()
-            .entries
-            .values()
-            .map(|e| e.update.clone())
-            .collect()
+        let mut all = Vec::new();
+        self.each_pending(|u| all.push(u));
+        all
+    }
+
+    /// Bytes of pending updates held in memory.
+    pub fn held_bytes(&self) -> usize {
+        self.lock().held_bytes
     }
 
     /// The oldest update of each task, in outbox order, whose retry time
@@ -170,14 +230,35 @@ impl Outbox {
             let now = Instant::now();
             let mut seen = HashSet::new();
             let mut soonest: Option<Instant> = None;
+            let mut due = None;
             for (n, entry) in &inner.entries {
-                if !seen.insert(entry.update.task_id.as_str()) {
+                if !seen.insert(entry.task_id.as_str()) {
                     continue; // an older update of this task goes first
                 }
                 if entry.not_before <= now {
-                    return Some((*n, entry.update.clone()));
+                    due = Some(*n);
+                    break;
                 }
                 soonest = Some(soonest.map_or(entry.not_before, |s| s.min(entry.not_before)));
+            }
+            if let Some(n) = due {
+                let loaded = inner.entries.get(&n).map(|entry| self.load(n, entry));
+                match loaded {
+                    Some(Ok(update)) => return Some((n, update)),
+                    Some(Err(e)) => {
+                        // Written, then damaged on disk: nothing is left to
+                        // send. Said loudly, and the task's later updates go.
+                        log::error!("outbox entry {n} cannot be read back: {e}; it is not sent");
+                        inner.remove(n);
+                        let name = format!("{n:020}.json");
+                        let path = self.dir.join(&name);
+                        if path.exists() {
+                            set_aside(&self.dir, &path, &name);
+                        }
+                    }
+                    None => {}
+                }
+                continue;
             }
             let until = soonest.map_or(deadline, |s| s.min(deadline));
             if now >= deadline {
@@ -193,7 +274,7 @@ impl Outbox {
 
     fn acknowledge(&self, n: u64) {
         let mut inner = self.lock();
-        let durable = inner.entries.remove(&n).is_some_and(|e| e.durable);
+        let durable = inner.remove(n).is_some_and(|e| e.durable);
         let path = self.entry_path(n);
         if durable && let Err(e) = std::fs::remove_file(&path) {
             log::warn!("cannot remove sent update {}: {e}", path.display());
@@ -365,6 +446,35 @@ mod tests {
         drop(outbox);
         let reopened = Outbox::open(&d).unwrap();
         assert_eq!(reopened.pending()[0].task_id, "a");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn memory_is_bounded_and_what_waits_on_disk_is_sent_in_order() {
+        let d = dir("budget");
+        let outbox = Outbox::open(&d).unwrap();
+        let big = "x".repeat(100 * 1024);
+        for seq in 1..=60 {
+            let mut u = Update::new("big", seq, State::Running);
+            u.result = Some(serde_json::json!({ "iperf3": big }));
+            outbox.push(&u).unwrap();
+        }
+        assert!(
+            outbox.held_bytes() <= MEMORY_BUDGET,
+            "{}",
+            outbox.held_bytes()
+        );
+        for seq in 1..=60 {
+            let (n, u) = outbox.next_ready(Duration::ZERO).unwrap();
+            assert_eq!(u.seq, seq);
+            assert_eq!(
+                u.result.as_ref().unwrap()["iperf3"].as_str().unwrap().len(),
+                big.len()
+            );
+            outbox.acknowledge(n);
+        }
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.held_bytes(), 0);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

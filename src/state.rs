@@ -65,13 +65,18 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+/// The bytes a JSON state file holds.
+pub fn encode_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal {
         what: "encode state",
         message: e.to_string(),
     })?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes)
+    Ok(bytes)
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(path, &encode_json(value)?)
 }
 
 /// Reads a JSON state file. A missing file is `Ok(None)`; a file that cannot

@@ -155,7 +155,7 @@ impl Tasks {
         // An update reaches the outbox before the ledger; a crash between
         // the two leaves the outbox ahead, so the ledger catches up here.
         if let Some(outbox) = &outbox {
-            for update in outbox.pending() {
+            outbox.each_pending(|update| {
                 if let Some(record) = ledger.get(&update.task_id).cloned()
                     && update.seq > record.seq
                     && let Err(e) = ledger.put(Record {
@@ -168,7 +168,7 @@ impl Tasks {
                     // Kept in memory; the storage retry writes it.
                     log::error!("{e}");
                 }
-            }
+            });
         }
         let mut tasks = Tasks {
             settings,
