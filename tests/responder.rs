@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, http_get, require_tool};
+use common::{Agent, FakeManager, http_get, require_tool};
 
 /// The median and the slowest of `n` sequential `/health` requests. Tests
 /// hold the median to the 100 ms bound (a single slow one on a busy CI
@@ -114,8 +114,14 @@ fn endless_and_binary_heads_are_cut_off() {
 #[test]
 fn health_stays_quick_under_a_load_generator() {
     require_tool("wrk", "wrk");
-    let agent = Agent::start(&[("OUTPOST_HEARTBEAT_INTERVAL", "1s")]);
+    let manager = FakeManager::start();
+    let agent = Agent::with_manager(&manager, &[]);
     let addr = agent.http_addr();
+    common::eventually("registered", Duration::from_secs(10), || {
+        agent.get("/ready").0 == 200
+    });
+    let before = rss_kib(agent.child.id());
+    let load_began = Instant::now();
     let wrk = Command::new("wrk")
         .args(["-t1", "-c64", "-d4s", &format!("http://{addr}/metrics")])
         .stdout(Stdio::piped())
@@ -131,5 +137,34 @@ fn health_stays_quick_under_a_load_generator() {
     assert!(
         median < Duration::from_millis(100),
         "/health took {median:?} under load"
+    );
+    // Nothing else slowed: the 200 ms heartbeats went on through the load
+    // (a gap of a second would be five missed beats), and memory did not
+    // follow the request count.
+    let beats: Vec<Instant> = manager
+        .seen_at("/v1/agent/heartbeat")
+        .iter()
+        .map(|s| s.at)
+        .filter(|at| *at > load_began)
+        .collect();
+    let widest = beats
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    println!(
+        "heartbeats during the load: {}, widest gap {widest:?}",
+        beats.len()
+    );
+    assert!(beats.len() >= 10, "{} heartbeats in 4 s", beats.len());
+    assert!(
+        widest < Duration::from_secs(1),
+        "a heartbeat gap of {widest:?}"
+    );
+    let after = rss_kib(agent.child.id());
+    println!("RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 4 * 1024,
+        "memory grew from {before} to {after} KiB"
     );
 }

@@ -145,8 +145,10 @@ fn config_urls_at_link_local_metadata_addresses_are_refused() {
         ],
     );
     // A literal address: refused when the task is checked.
-    manager.hand_out(json!({"id": "meta-literal", "type": "collector_start", "payload": {
-        "config_url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}}));
+    manager.hand_out(
+        json!({"id": "meta-literal", "type": "collector_start", "payload": {
+        "config_url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}}),
+    );
     let rejected = manager.wait_state("meta-literal", "rejected", 10 * SECOND);
     assert_eq!(rejected["error"]["kind"], "invalid_payload");
     let message = rejected["error"]["message"].as_str().unwrap();
@@ -156,8 +158,10 @@ fn config_urls_at_link_local_metadata_addresses_are_refused() {
     );
     // A name that only resolves there (the decimal form of the same
     // address): refused before anything connects.
-    manager.hand_out(json!({"id": "meta-name", "type": "collector_start", "payload": {
-        "config_url": "http://2852039166/latest/meta-data/"}}));
+    manager.hand_out(
+        json!({"id": "meta-name", "type": "collector_start", "payload": {
+        "config_url": "http://2852039166/latest/meta-data/"}}),
+    );
     let failed = manager.wait_state("meta-name", "failed", 20 * SECOND);
     assert_eq!(failed["error"]["kind"], "download_failed");
     let message = failed["error"]["message"].as_str().unwrap();
