@@ -2,17 +2,20 @@
 //!
 //! Runs the release binary against the test suite's fake manager and, where
 //! a peer exists, Debian's `prometheus-node-exporter` with the same
-//! collectors, then prints one table. Nothing here asserts a speed: the
-//! figures are for people to read (and for the README).
+//! collectors and a psutil heartbeat loop (`benches/psutil_heartbeat.py`,
+//! under Debian's `/usr/bin/python3` with `python3-psutil`), then prints one
+//! table. Nothing here asserts a speed: the figures are for people to read
+//! (and for the README).
 //!
 //! `cargo bench --bench agent` (about three minutes; `OUTPOST_BENCH_QUICK=1`
-//! shortens the soak from 60 s to 10 s).
+//! shortens the soak from 60 s to 10 s). A peer that is not installed is
+//! named in its column and skipped.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,11 +40,14 @@ fn main() {
     // OUTPOST_BENCH_ONLY=dispatch (a part of a section name) runs one section.
     let only = std::env::var("OUTPOST_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || name.contains(only.as_str());
+    peer_versions();
     let mut rows = Vec::new();
-    if run("idle") {
+    // The two sections with a psutil peer also answer to
+    // OUTPOST_BENCH_ONLY=psutil: outpost and psutil side by side.
+    if run("idle, psutil") {
         idle_and_heartbeat(&mut rows, if quick { 10 } else { 60 });
     }
-    if run("heartbeat") {
+    if run("heartbeat, psutil") {
         heartbeat_cycle(&mut rows);
     }
     if run("scrape") {
@@ -112,6 +118,47 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// VmRSS with its anonymous and file-backed parts (for the static binary the
+/// file-backed pages are its own code: nothing else is mapped from a file).
+fn rss_detail(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    };
+    format!(
+        "{:.1} MiB ({:.2} MiB anon, {:.2} MiB file-backed)",
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:")
+    )
+}
+
+/// The Debian version of each peer's package, on one line, so the README can
+/// say what was compared.
+fn peer_versions() {
+    let version = |pkg: &str| {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", pkg])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|| "not installed".into())
+    };
+    eprintln!(
+        "peers: prometheus-node-exporter {}, python3-psutil {}",
+        version("prometheus-node-exporter"),
+        version("python3-psutil")
+    );
+}
+
 struct NodeExporter {
     child: std::process::Child,
     addr: String,
@@ -158,29 +205,149 @@ impl Drop for NodeExporter {
     }
 }
 
+/// What a psutil peer column says when there is no psutil.
+const PSUTIL_MISSING: &str = "psutil not installed: apt-get install python3-psutil";
+
+/// The psutil peer: `benches/psutil_heartbeat.py` under a Python that can
+/// import psutil (Debian's `/usr/bin/python3` first, then `python3` on PATH).
+struct Psutil {
+    python: &'static str,
+    script: PathBuf,
+}
+
+impl Psutil {
+    /// Looked for once; says so in one line when psutil is missing.
+    fn find() -> Option<&'static Psutil> {
+        static FOUND: std::sync::OnceLock<Option<Psutil>> = std::sync::OnceLock::new();
+        FOUND
+            .get_or_init(|| {
+                let python = ["/usr/bin/python3", "python3"].into_iter().find(|py| {
+                    Command::new(py)
+                        .args(["-c", "import psutil"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+                if python.is_none() {
+                    eprintln!("psutil peer skipped: {PSUTIL_MISSING}");
+                }
+                python.map(|python| Psutil {
+                    python,
+                    script: Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("benches/psutil_heartbeat.py"),
+                })
+            })
+            .as_ref()
+    }
+
+    /// The script against `manager`, with the key and a name of its own.
+    fn command(&self, manager: &FakeManager, interval_s: &str) -> Command {
+        let mut cmd = Command::new(self.python);
+        cmd.arg(&self.script)
+            .arg(&manager.base)
+            .arg(interval_s)
+            .env("OUTPOST_AGENT_KEY", common::KEY)
+            .env("OUTPOST_AGENT_NAME", "psutil-peer")
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+/// The psutil heartbeat loop, running; killed on drop.
+struct PsutilLoop {
+    child: std::process::Child,
+}
+
+impl PsutilLoop {
+    /// Heartbeats every `interval_s` to `manager`; `None` if there is no
+    /// psutil or the first heartbeat does not arrive within 10 s.
+    fn start(manager: &FakeManager, interval_s: &str) -> Option<PsutilLoop> {
+        let child = Psutil::find()?
+            .command(manager, interval_s)
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        let peer = PsutilLoop { child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while manager.seen_at("/v1/agent/heartbeat").is_empty() {
+            if Instant::now() > deadline {
+                eprintln!("psutil loop: no heartbeat within 10 s");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(peer)
+    }
+}
+
+impl Drop for PsutilLoop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last heartbeat body `manager` got, in bytes (re-encoded compactly, so
+/// the agent's own whitespace does not count).
+fn last_heartbeat_bytes(manager: &FakeManager) -> usize {
+    manager
+        .seen_at("/v1/agent/heartbeat")
+        .last()
+        .map(|s| serde_json::to_vec(&s.body).map(|b| b.len()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Outpost and, beside it, node_exporter and the psutil loop (each psutil
+/// loop with a fake manager of its own), idle for `soak_s` seconds.
 fn idle_and_heartbeat(rows: &mut Vec<Row>, soak_s: u64) {
     let manager = FakeManager::start();
     let agent = Agent::with_manager(&manager, &[("OUTPOST_HEARTBEAT_INTERVAL", "1s")]);
     let node = NodeExporter::start();
+    let psutil_manager = FakeManager::start();
+    let psutil = PsutilLoop::start(&psutil_manager, "1");
     manager.wait_for("a heartbeat", Duration::from_secs(10), |s| {
         s.iter().any(|s| s.path == "/v1/agent/heartbeat")
     });
     let pid = agent.child.id();
     let cpu0 = cpu_seconds(pid);
     let beats0 = manager.seen_at("/v1/agent/heartbeat").len();
+    let psutil_pid = psutil.as_ref().map(|p| p.child.id());
+    let psutil_cpu0 = psutil_pid.map(cpu_seconds).unwrap_or(0.0);
+    let psutil_beats0 = psutil_manager.seen_at("/v1/agent/heartbeat").len();
     std::thread::sleep(Duration::from_secs(soak_s));
     let cpu = cpu_seconds(pid) - cpu0;
     let beats = manager.seen_at("/v1/agent/heartbeat").len() - beats0;
-    let peer_rss = node
+    let psutil_cpu = psutil_pid.map(cpu_seconds).unwrap_or(0.0) - psutil_cpu0;
+    let psutil_beats = psutil_manager.seen_at("/v1/agent/heartbeat").len() - psutil_beats0;
+    let node_rss = node
         .as_ref()
         .map(|n| format!("node_exporter {:.1} MiB", rss_mib(n.child.id())))
         .unwrap_or_else(|| "node_exporter not installed".into());
+    let (psutil_rss, psutil_cpu, psutil_body) = match psutil_pid {
+        Some(p) => (
+            format!("psutil loop {}", rss_detail(p)),
+            format!(
+                "psutil loop {:.3} ms ({psutil_beats} beats, {psutil_cpu:.2} s CPU)",
+                psutil_cpu * 1000.0 / psutil_beats.max(1) as f64
+            ),
+            format!(
+                "psutil loop {} bytes",
+                last_heartbeat_bytes(&psutil_manager)
+            ),
+        ),
+        None => (
+            PSUTIL_MISSING.into(),
+            PSUTIL_MISSING.into(),
+            PSUTIL_MISSING.into(),
+        ),
+    };
     row(
         rows,
         &format!("idle RSS after {soak_s} s, 1 s heartbeats"),
         "≤ 3 MiB",
-        format!("{:.1} MiB", rss_mib(pid)),
-        peer_rss,
+        rss_detail(pid),
+        format!("{node_rss}; {psutil_rss}"),
     );
     row(
         rows,
@@ -191,20 +358,16 @@ fn idle_and_heartbeat(rows: &mut Vec<Row>, soak_s: u64) {
             cpu * 1000.0 / beats.max(1) as f64,
             cpu
         ),
-        "psutil agent 4.7 ms (issue figure)".into(),
+        psutil_cpu,
     );
-    let body = manager
-        .seen_at("/v1/agent/heartbeat")
-        .last()
-        .map(|s| serde_json::to_vec(&s.body).map(|b| b.len()).unwrap_or(0))
-        .unwrap_or(0);
     row(
         rows,
         "heartbeat body on this 2-core VM",
         "≤ 1.5 KB",
-        format!("{body} bytes"),
-        "—".into(),
+        format!("{} bytes", last_heartbeat_bytes(&manager)),
+        psutil_body,
     );
+    drop(psutil);
     drop(agent);
 }
 
@@ -258,8 +421,36 @@ fn heartbeat_cycle(rows: &mut Vec<Row>) {
             total * 1000.0,
             snapshot_cpu * 1000.0 / f64::from(N)
         ),
-        "psutil agent 4.7 ms (issue figure)".into(),
+        psutil_collection(&manager, N),
     );
+}
+
+/// The psutil loop's own cycle, `n` times back to back after one warm-up:
+/// snapshot + JSON + urllib POST, its CPU (`time.process_time`, the whole
+/// interpreter, which runs no other thread) divided by `n`.
+fn psutil_collection(manager: &FakeManager, n: u32) -> String {
+    let Some(psutil) = Psutil::find() else {
+        return PSUTIL_MISSING.into();
+    };
+    let out = psutil
+        .command(manager, "1")
+        .args(["--count", &n.to_string()])
+        .stderr(Stdio::inherit())
+        .output();
+    let figures = out.ok().and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        serde_json::from_str::<serde_json::Value>(text.lines().last()?).ok()
+    });
+    match figures {
+        Some(f) => format!(
+            "psutil loop {} ms, of which the snapshot {} ms ({n} collections; psutil {}, Python {})",
+            f["cpu_ms"],
+            f["snapshot_cpu_ms"],
+            f["psutil"].as_str().unwrap_or("?"),
+            f["python"].as_str().unwrap_or("?")
+        ),
+        None => "psutil loop failed (see its error above)".into(),
+    }
 }
 
 fn scrape_cost(rows: &mut Vec<Row>) {
