@@ -100,7 +100,15 @@ pub struct FakeManager {
     seen: Arc<Mutex<Vec<Seen>>>,
     script: Arc<Mutex<Script>>,
     chaos: Arc<Mutex<Chaos>>,
-    queue: Arc<Mutex<std::collections::VecDeque<Value>>>,
+    queue: Arc<TaskQueue>,
+}
+
+/// Tasks waiting for a claim; a held long poll wakes when one is queued,
+/// as a real manager's would.
+#[derive(Default)]
+struct TaskQueue {
+    tasks: Mutex<std::collections::VecDeque<Value>>,
+    queued: std::sync::Condvar,
 }
 
 /// The default manager: registers everyone as `a-test`, acknowledges the rest.
@@ -124,7 +132,7 @@ impl FakeManager {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(Box::new(default_reply)));
         let chaos: Arc<Mutex<Chaos>> = Arc::new(Mutex::new(Box::new(|_, reply| reply)));
-        let queue = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let queue = Arc::new(TaskQueue::default());
         {
             let seen = seen.clone();
             let script = script.clone();
@@ -156,7 +164,8 @@ impl FakeManager {
 
     /// Queues a task for the next claim (the long poll answers at once).
     pub fn hand_out(&self, task: Value) {
-        self.queue.lock().unwrap().push_back(task);
+        self.queue.tasks.lock().unwrap().push_back(task);
+        self.queue.queued.notify_all();
     }
 
     /// Status update bodies of `task_id`, in arrival order.
@@ -208,7 +217,7 @@ impl FakeManager {
 
     /// Tasks queued and not yet handed out.
     pub fn queued(&self) -> usize {
-        self.queue.lock().unwrap().len()
+        self.queue.tasks.lock().unwrap().len()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -253,7 +262,7 @@ fn serve(
     seen: &Mutex<Vec<Seen>>,
     script: &Mutex<Script>,
     chaos: &Mutex<Chaos>,
-    queue: &Mutex<std::collections::VecDeque<Value>>,
+    queue: &TaskQueue,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let mut reader = BufReader::new(match stream.try_clone() {
@@ -312,20 +321,21 @@ fn serve(
             // A long poll, held at most a second so tests stay quick.
             let max = request.body["max_tasks"].as_u64().unwrap_or(1) as usize;
             let deadline = Instant::now() + Duration::from_secs(1);
+            let mut q = queue.tasks.lock().unwrap();
             loop {
-                let tasks: Vec<Value> = {
-                    let mut q = queue.lock().unwrap();
-                    let n = q.len().min(max);
-                    q.drain(..n).collect()
-                };
-                if !tasks.is_empty() {
+                let n = q.len().min(max);
+                if n > 0 {
+                    let tasks: Vec<Value> = q.drain(..n).collect();
+                    drop(q);
                     handed = tasks.clone();
                     break Reply::json(200, serde_json::json!({ "tasks": tasks }));
                 }
-                if Instant::now() > deadline {
+                let now = Instant::now();
+                if now > deadline {
+                    drop(q);
                     break (script.lock().unwrap())(&request);
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                q = queue.queued.wait_timeout(q, deadline - now).unwrap().0;
             }
         } else {
             (script.lock().unwrap())(&request)
@@ -333,7 +343,7 @@ fn serve(
         let meant = reply.body.clone();
         let reply = (chaos.lock().unwrap())(&request, reply);
         if !handed.is_empty() && (!reply.is_clean_success() || reply.body != meant) {
-            let mut q = queue.lock().unwrap();
+            let mut q = queue.tasks.lock().unwrap();
             for task in handed.into_iter().rev() {
                 q.push_front(task);
             }
