@@ -550,19 +550,21 @@ fn ready_is_503_until_registered_and_health_tells_the_heartbeat_age() {
     });
     let agent = Agent::with_manager(&manager, &[]);
     manager.wait_for("a register attempt", 10 * SECOND, |seen| !seen.is_empty());
+    // The request reached the manager a moment before its answer reached
+    // the agent's session: wait for the agent to have taken it in.
+    let status_now = || {
+        let (code, body) = agent.get("/status");
+        assert_eq!(code, 200);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    common::eventually("the 503 in /status", 10 * SECOND, || {
+        status_now()["manager"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503"))
+    });
     let (code, _) = agent.get("/ready");
     assert_eq!(code, 503);
-    let (code, body) = agent.get("/status");
-    assert_eq!(code, 200);
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(status["manager"]["registered"], false);
-    assert!(
-        status["manager"]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("503"),
-        "{body}"
-    );
+    assert_eq!(status_now()["manager"]["registered"], false);
 
     let manager = FakeManager::start();
     let agent = Agent::with_manager(&manager, &[]);
