@@ -173,7 +173,10 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
             _ => {
                 return Err(reject(
                     "invalid_payload",
-                    format!("timeout_s: {v} is not a number of seconds from 0 to 604800"),
+                    format!(
+                        "timeout_s: {} is not a number of seconds from 0 to 604800",
+                        shown(v)
+                    ),
                 ));
             }
         },
@@ -202,6 +205,12 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
     Ok(Task { id, kind, timeout })
 }
 
+/// A value as a rejection message shows it: JSON, cut to the id length, so
+/// that a multi-megabyte value cannot fill a log line or a status update.
+fn shown(value: &Value) -> String {
+    ids::escape_for_log(&value.to_string())
+}
+
 struct Fields<'a>(&'a Map<String, Value>);
 
 impl Fields<'_> {
@@ -209,7 +218,7 @@ impl Fields<'_> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(format!("{name}: {v} is not true or false")),
+            Some(v) => Err(format!("{name}: {} is not true or false", shown(v))),
         }
     }
 
@@ -219,7 +228,8 @@ impl Fields<'_> {
             Some(v) => match v.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(n),
                 _ => Err(format!(
-                    "{name}: {v} is not a whole number from {min} to {max}"
+                    "{name}: {} is not a whole number from {min} to {max}",
+                    shown(v)
                 )),
             },
         }
@@ -229,7 +239,7 @@ impl Fields<'_> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(format!("{name}: {v} is not a string")),
+            Some(v) => Err(format!("{name}: {} is not a string", shown(v))),
         }
     }
 
@@ -323,7 +333,12 @@ impl Fields<'_> {
                     variables.insert(k.clone(), v.to_string());
                 }
             }
-            Some(v) => return Err(format!("variables: {v} is not an object of strings")),
+            Some(v) => {
+                return Err(format!(
+                    "variables: {} is not an object of strings",
+                    shown(v)
+                ));
+            }
         }
         let sha256 = match self.string("sha256")? {
             None => None,
@@ -359,7 +374,12 @@ impl Fields<'_> {
                     )),
                 })
                 .collect::<Result<_, _>>()?,
-            Some(v) => return Err(format!("args: {v} is not a list of at most 64 strings")),
+            Some(v) => {
+                return Err(format!(
+                    "args: {} is not a list of at most 64 strings",
+                    shown(v)
+                ));
+            }
         };
         Ok(Kind::CollectorStart(CollectorStart {
             name,
@@ -454,6 +474,21 @@ mod tests {
         match decode(&v) {
             Err(Refusal::Rejected { kind, message, .. }) => (kind.to_string(), message),
             other => panic!("expected a rejection for {v}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_huge_bad_value_is_cut_in_the_message() {
+        let huge = "9".repeat(1 << 20);
+        for task in [
+            json!({"id": "t", "type": "system_info", "timeout_s": huge}),
+            json!({"id": "t", "type": "iperf_client_run", "payload": {"server": "h", "parallel": huge}}),
+            json!({"id": "t", "type": "collector_start", "payload": {"config": "x", "args": huge}}),
+        ] {
+            let (kind, message) = rejected(task);
+            assert_eq!(kind, "invalid_payload");
+            assert!(message.len() < 300, "{} bytes", message.len());
+            assert!(message.contains('…'), "{message}");
         }
     }
 
