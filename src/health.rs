@@ -244,13 +244,17 @@ impl Responder {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
+/// A request head the responder serves. Public for the fuzz target only.
+#[doc(hidden)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
 }
 
+/// Why a request head gets no page. Public for the fuzz target only.
+#[doc(hidden)]
 #[derive(Debug, PartialEq)]
-enum Refusal {
+pub enum Refusal {
     BadRequest(&'static str),
     NotFound,
     MethodNotAllowed,
@@ -258,7 +262,9 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn response(&self) -> Vec<u8> {
+    /// The whole HTTP answer; public for the fuzz target only.
+    #[doc(hidden)]
+    pub fn response(&self) -> Vec<u8> {
         let (code, text, extra): (u16, &str, &[(&str, &str)]) = match self {
             Refusal::BadRequest(why) => (400, why, &[]),
             Refusal::NotFound => (
@@ -279,11 +285,15 @@ impl Refusal {
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
+/// Where the request head ends; public for the fuzz target only.
+#[doc(hidden)]
+pub fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-fn parse_head(head: &[u8]) -> Result<Request, Refusal> {
+/// Parses one whole request head; public for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_head(head: &[u8]) -> Result<Request, Refusal> {
     let text =
         std::str::from_utf8(head).map_err(|_| Refusal::BadRequest("request head is not UTF-8"))?;
     let mut lines = text.split("\r\n");

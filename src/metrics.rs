@@ -219,9 +219,10 @@ pub fn round2(value: f64) -> f64 {
 // ---------------------------------------------------------------------------
 // Parsers: pure functions over a file's text.
 
-/// One `cpu` line of /proc/stat, in ticks.
+/// One `cpu` line of /proc/stat, in ticks. Public for the fuzz target only.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CpuTicks {
+pub struct CpuTicks {
     user: u64,
     nice: u64,
     system: u64,
@@ -232,15 +233,17 @@ pub(crate) struct CpuTicks {
     steal: u64,
 }
 
-/// The parts of /proc/stat the snapshot and system info use.
+/// The parts of /proc/stat the snapshot and system info use. Public for
+/// the fuzz target only.
+#[doc(hidden)]
 #[derive(Debug, Clone, Default)]
-pub(crate) struct StatCounters {
-    pub(crate) total: Option<CpuTicks>,
+pub struct StatCounters {
+    pub total: Option<CpuTicks>,
     /// (`N` of `cpuN`, ticks), in file order.
-    pub(crate) cores: Vec<(u32, CpuTicks)>,
-    pub(crate) procs_running: Option<u64>,
-    pub(crate) procs_blocked: Option<u64>,
-    pub(crate) btime: Option<i64>,
+    pub cores: Vec<(u32, CpuTicks)>,
+    pub procs_running: Option<u64>,
+    pub procs_blocked: Option<u64>,
+    pub btime: Option<i64>,
 }
 
 fn parse_cpu_ticks(fields: &str) -> Option<CpuTicks> {
@@ -263,8 +266,10 @@ fn parse_cpu_ticks(fields: &str) -> Option<CpuTicks> {
     })
 }
 
-/// Parses /proc/stat into `out`, reusing its core list.
-pub(crate) fn parse_stat_into(text: &str, out: &mut StatCounters) {
+/// Parses /proc/stat into `out`, reusing its core list. Public for the fuzz
+/// target only.
+#[doc(hidden)]
+pub fn parse_stat_into(text: &str, out: &mut StatCounters) {
     out.total = None;
     out.cores.clear();
     out.procs_running = None;
@@ -290,7 +295,9 @@ pub(crate) fn parse_stat_into(text: &str, out: &mut StatCounters) {
     }
 }
 
-pub(crate) fn parse_stat(text: &str) -> StatCounters {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_stat(text: &str) -> StatCounters {
     let mut out = StatCounters::default();
     parse_stat_into(text, &mut out);
     out
@@ -331,7 +338,9 @@ fn cpu_shares(prev: &CpuTicks, cur: &CpuTicks) -> Option<CpuShares> {
     })
 }
 
-fn build_cpu(prev: &StatCounters, cur: &StatCounters) -> Option<Cpu> {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn build_cpu(prev: &StatCounters, cur: &StatCounters) -> Option<Cpu> {
     let total = cpu_shares(prev.total.as_ref()?, cur.total.as_ref()?)?;
     let mut cpu = Cpu {
         usage_percent: round2(total.usage),
@@ -357,10 +366,12 @@ fn build_cpu(prev: &StatCounters, cur: &StatCounters) -> Option<Cpu> {
     Some(cpu)
 }
 
-/// The /proc/meminfo fields the snapshot uses, in bytes.
+/// The /proc/meminfo fields the snapshot uses, in bytes. Public for the
+/// fuzz target only.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct MemCounters {
-    pub(crate) total: u64,
+pub struct MemCounters {
+    pub total: u64,
     free: u64,
     available: Option<u64>,
     buffers: u64,
@@ -369,8 +380,10 @@ pub(crate) struct MemCounters {
     swap_free: u64,
 }
 
-/// Parses /proc/meminfo; `None` without a `MemTotal` line.
-pub(crate) fn parse_meminfo(text: &str) -> Option<MemCounters> {
+/// Parses /proc/meminfo; `None` without a `MemTotal` line. Public for the
+/// fuzz target only.
+#[doc(hidden)]
+pub fn parse_meminfo(text: &str) -> Option<MemCounters> {
     let mut m = MemCounters::default();
     let mut have_total = false;
     for line in text.lines() {
@@ -402,7 +415,9 @@ pub(crate) fn parse_meminfo(text: &str) -> Option<MemCounters> {
     have_total.then_some(m)
 }
 
-fn build_memory(m: &MemCounters) -> Memory {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn build_memory(m: &MemCounters) -> Memory {
     let available = m
         .available
         .unwrap_or_else(|| m.free.saturating_add(m.buffers).saturating_add(m.cached))
@@ -425,8 +440,10 @@ fn build_memory(m: &MemCounters) -> Memory {
     }
 }
 
-/// Load averages and the task count of /proc/loadavg (via procfs).
-fn parse_loadavg(text: &str) -> Option<(Load, u64)> {
+/// Load averages and the task count of /proc/loadavg (via procfs). Public
+/// for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_loadavg(text: &str) -> Option<(Load, u64)> {
     let l = procfs::LoadAverage::from_read(text.as_bytes()).ok()?;
     let load = Load {
         one: round2(f64::from(l.one)),
@@ -436,7 +453,9 @@ fn parse_loadavg(text: &str) -> Option<(Load, u64)> {
     Some((load, u64::from(l.max)))
 }
 
-fn parse_uptime(text: &str) -> Option<f64> {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_uptime(text: &str) -> Option<f64> {
     procfs::Uptime::from_read(text.as_bytes())
         .ok()
         .map(|u| round2(u.uptime))
@@ -452,12 +471,16 @@ pub(crate) struct DiskCounters {
     sectors_written: u64,
 }
 
-fn is_virtual_disk(name: &str) -> bool {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn is_virtual_disk(name: &str) -> bool {
     name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram")
 }
 
 /// Name rule for roots without /sys: is `name` a partition of a disk?
-fn looks_like_partition(name: &str) -> bool {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn looks_like_partition(name: &str) -> bool {
     let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
     if trimmed.len() == name.len() {
         return false;
@@ -476,9 +499,11 @@ fn looks_like_partition(name: &str) -> bool {
     })
 }
 
-/// Network interface counters of one /proc/net/dev line.
+/// Network interface counters of one /proc/net/dev line. Public for the
+/// fuzz target only.
+#[doc(hidden)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct NetCounters {
+pub struct NetCounters {
     name: String,
     rx_bytes: u64,
     rx_packets: u64,
@@ -490,8 +515,10 @@ pub(crate) struct NetCounters {
     tx_dropped: u64,
 }
 
-/// Parses /proc/net/dev into `out` (reusing it), leaving out `lo`.
-pub(crate) fn parse_net_dev_into(text: &str, out: &mut Vec<NetCounters>) {
+/// Parses /proc/net/dev into `out` (reusing it), leaving out `lo`. Public
+/// for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_net_dev_into(text: &str, out: &mut Vec<NetCounters>) {
     out.clear();
     for line in text.lines().skip(2) {
         // The name may itself hold a colon (alias "eth0:1"), and a counter may
@@ -529,11 +556,13 @@ pub(crate) fn parse_net_dev_into(text: &str, out: &mut Vec<NetCounters>) {
     }
 }
 
-/// One line of /proc/self/mountinfo, the parts we use.
+/// One line of /proc/self/mountinfo, the parts we use. Public for the fuzz
+/// target only.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MountEntry {
-    pub(crate) mount_point: String,
-    pub(crate) fs_type: String,
+pub struct MountEntry {
+    pub mount_point: String,
+    pub fs_type: String,
     device: String,
     root_is_fs_root: bool,
 }
@@ -563,7 +592,9 @@ fn unescape_mount_path(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut fields = line.split(' ');
@@ -590,8 +621,10 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     out
 }
 
-/// Filesystems with no storage of their own, or only in memory.
-pub(crate) fn is_pseudo_fs(fs_type: &str) -> bool {
+/// Filesystems with no storage of their own, or only in memory. Public for
+/// the fuzz target only.
+#[doc(hidden)]
+pub fn is_pseudo_fs(fs_type: &str) -> bool {
     const PSEUDO: &[&str] = &[
         "autofs",
         "binfmt_misc",
@@ -627,7 +660,9 @@ pub(crate) fn is_pseudo_fs(fs_type: &str) -> bool {
 }
 
 /// Filesystems whose `statvfs` can hang on a server or a user daemon.
-pub(crate) fn is_remote_fs(fs_type: &str) -> bool {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn is_remote_fs(fs_type: &str) -> bool {
     const REMOTE: &[&str] = &[
         "nfs",
         "nfs4",
@@ -663,8 +698,10 @@ fn is_kernel_mount_point(path: &str) -> bool {
 }
 
 /// The mounts worth a `statvfs`: real, local (unless `include_remote`), one
-/// per device, and for a stacked mount point the one on top.
-pub(crate) fn select_mounts(entries: &[MountEntry], include_remote: bool) -> Vec<&MountEntry> {
+/// per device, and for a stacked mount point the one on top. Public for the
+/// fuzz target only.
+#[doc(hidden)]
+pub fn select_mounts(entries: &[MountEntry], include_remote: bool) -> Vec<&MountEntry> {
     let mut chosen: Vec<&MountEntry> = Vec::new();
     for e in entries {
         if is_pseudo_fs(&e.fs_type)

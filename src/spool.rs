@@ -86,8 +86,19 @@ fn read_task(path: &Path) -> std::result::Result<serde_json::Value, String> {
         return Err(format!("file is {size} bytes, more than {MAX_FILE_BYTES}"));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    parse_task(&bytes)
+}
+
+/// A spool file's bytes as a Task object, or why they are not one.
+pub fn parse_task(bytes: &[u8]) -> std::result::Result<serde_json::Value, String> {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {} bytes, more than {MAX_FILE_BYTES}",
+            bytes.len()
+        ));
+    }
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     if !value.is_object() {
         return Err("not a Task: the JSON is not an object".into());
     }

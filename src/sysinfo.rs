@@ -140,8 +140,10 @@ pub fn gather(root: &Path) -> SystemInfo {
     }
 }
 
-/// Value of a `KEY=value` os-release line, undoing shell quoting.
-fn unquote(value: &str) -> String {
+/// Value of a `KEY=value` os-release line, undoing shell quoting. Public
+/// for the fuzz target only.
+#[doc(hidden)]
+pub fn unquote(value: &str) -> String {
     let value = value.trim();
     let mut chars = value.chars();
     match chars.next() {
@@ -168,7 +170,9 @@ fn unquote(value: &str) -> String {
     }
 }
 
-fn os_name(text: &str) -> Option<String> {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn os_name(text: &str) -> Option<String> {
     let mut name = None;
     let mut version = None;
     for line in text.lines() {
@@ -192,13 +196,17 @@ fn os_name(text: &str) -> Option<String> {
     }
 }
 
+/// Public for the fuzz target only.
+#[doc(hidden)]
 #[derive(Debug, Default, PartialEq, Eq)]
-struct CpuInfo {
-    count: u32,
-    model: Option<String>,
+pub struct CpuInfo {
+    pub count: u32,
+    pub model: Option<String>,
 }
 
-fn arm_core_name(implementer: &str, part: &str) -> Option<&'static str> {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn arm_core_name(implementer: &str, part: &str) -> Option<&'static str> {
     let implementer = u32::from_str_radix(implementer.trim_start_matches("0x"), 16).ok()?;
     let part = u32::from_str_radix(part.trim_start_matches("0x"), 16).ok()?;
     if implementer != 0x41 {
@@ -229,7 +237,9 @@ fn arm_core_name(implementer: &str, part: &str) -> Option<&'static str> {
     })
 }
 
-fn parse_cpuinfo(text: &str) -> CpuInfo {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_cpuinfo(text: &str) -> CpuInfo {
     let mut count = 0;
     let (mut model_name, mut hardware, mut board) = (None, None, None);
     let (mut implementer, mut part) = (None, None);
@@ -264,7 +274,9 @@ fn parse_cpuinfo(text: &str) -> CpuInfo {
 }
 
 /// Devices under sys/block that are not physical disks of their own.
-fn is_virtual_block(name: &str) -> bool {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn is_virtual_block(name: &str) -> bool {
     const PREFIXES: &[&str] = &["loop", "ram", "zram", "dm-", "md", "nbd", "sr", "fd"];
     PREFIXES.iter().any(|p| name.starts_with(p))
 }
@@ -353,7 +365,9 @@ fn interfaces(root: &Path) -> Vec<Interface> {
     list
 }
 
-fn vendor_name(id: &str) -> String {
+/// Public for the fuzz target only.
+#[doc(hidden)]
+pub fn vendor_name(id: &str) -> String {
     match id.to_ascii_lowercase().as_str() {
         "0x10de" => "nvidia".to_owned(),
         "0x1002" => "amd".to_owned(),
@@ -362,8 +376,10 @@ fn vendor_name(id: &str) -> String {
     }
 }
 
-/// `Model:` of the NVIDIA driver's per-GPU information file.
-fn nvidia_model(text: &str) -> Option<String> {
+/// `Model:` of the NVIDIA driver's per-GPU information file. Public for the
+/// fuzz target only.
+#[doc(hidden)]
+pub fn nvidia_model(text: &str) -> Option<String> {
     text.lines()
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim() == "Model")
