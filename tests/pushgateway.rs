@@ -16,19 +16,37 @@ struct Pushgateway {
 }
 
 impl Pushgateway {
+    /// Starts one on a free port. The port is only known free a moment
+    /// before the Pushgateway binds it, and the tests run in parallel: a
+    /// connect could reach another test's Pushgateway while this one failed
+    /// to bind. So this one's own process must hold the listening socket,
+    /// else it starts again on another port.
     fn start() -> Pushgateway {
         require_tool("prometheus-pushgateway", "prometheus-pushgateway");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new("prometheus-pushgateway")
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        eventually("the Pushgateway listening", 10 * SECOND, || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        });
-        Pushgateway { child, addr }
+        for _ in 0..5 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let child = std::cell::RefCell::new(
+                Command::new("prometheus-pushgateway")
+                    .arg(format!("--web.listen-address={addr}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            let pid = child.borrow().id() as i32;
+            let exited = || child.borrow_mut().try_wait().ok().flatten().is_some();
+            eventually("the Pushgateway listening or gone", 10 * SECOND, || {
+                outpost::tasks::is_listening(std::path::Path::new("/"), pid, port) || exited()
+            });
+            if !exited() {
+                return Pushgateway {
+                    child: child.into_inner(),
+                    addr,
+                };
+            }
+        }
+        panic!("the Pushgateway did not start on any of five free ports");
     }
 
     fn metrics(&self) -> String {
