@@ -53,9 +53,10 @@ pub const STORAGE_RETRY_EVERY: Duration = Duration::from_secs(1);
 pub enum Intake {
     /// In the ledger: it runs (or was reported) from here on.
     Taken,
-    /// Not recorded, because the state directory cannot be written: the
-    /// task stays where it came from (the manager hands it out again; the
-    /// spool file stays in `inbox/`).
+    /// Not recorded, because the state directory cannot be written. A
+    /// manager's task waits in memory and is taken once the directory works
+    /// again (a restart meanwhile loses it, and the manager hands it out
+    /// again); a spool file stays in `inbox/`.
     Deferred,
 }
 
@@ -67,6 +68,8 @@ struct Storage {
     last_try: Option<Instant>,
     /// Spool results whose file could not be written, by task id.
     unwritten_results: BTreeMap<String, Update>,
+    /// Claimed tasks that could not be recorded, in claim order.
+    deferred: Vec<Value>,
 }
 
 pub struct Settings {
@@ -254,6 +257,19 @@ impl Tasks {
     /// Takes a task from a claim or a spool file. `Err` (with the reason)
     /// only for a task whose id breaks the id rule: it cannot be reported.
     pub fn accept(&mut self, value: &Value, origin: Origin) -> std::result::Result<Intake, String> {
+        let intake = self.take(value, origin)?;
+        // The claim asked for no more than the free slots, so this holds
+        // at most a slot's worth of tasks.
+        if intake == Intake::Deferred
+            && origin == Origin::Manager
+            && self.storage.deferred.len() < self.settings.max_tasks as usize
+        {
+            self.storage.deferred.push(value.clone());
+        }
+        Ok(intake)
+    }
+
+    fn take(&mut self, value: &Value, origin: Origin) -> std::result::Result<Intake, String> {
         let task = match payload::decode(value) {
             Ok(task) => task,
             Err(Refusal::BadId { escaped }) => {
@@ -874,6 +890,9 @@ impl Tasks {
             );
             self.storage.fault = Some((error.to_string(), SystemTime::now()));
             self.storage.last_try = Some(Instant::now());
+            // The claim and spool threads read the fault from the view: at
+            // once, not at the next periodic refresh.
+            self.refresh_view(true);
         }
     }
 
@@ -915,6 +934,9 @@ impl Tasks {
                         "the state directory {} can be written again (after {secs}s); taking tasks again",
                         self.settings.state_dir.display()
                     );
+                }
+                for task in std::mem::take(&mut self.storage.deferred) {
+                    let _ = self.accept(&task, Origin::Manager);
                 }
                 self.refresh_view(true);
             }
