@@ -310,11 +310,24 @@ impl Manager {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(max_bytes)
-            .read_to_vec();
+        let declared = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = match declared {
+            // A status update is delivered by the status line alone; what
+            // follows it is not read, so no answer can hold an update back.
+            _ if endpoint == Endpoint::Status && (200..300).contains(&status) => Ok(Vec::new()),
+            // Refused before a byte is buffered: an oversized answer costs
+            // no memory.
+            Some(length) if length > max_bytes => Err(ureq::Error::BodyExceedsLimit(max_bytes)),
+            _ => response
+                .body_mut()
+                .with_config()
+                .limit(max_bytes)
+                .read_to_vec(),
+        };
         classify(endpoint, status, retry_after, body)
     }
 }
