@@ -19,22 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Agent, FakeManager, Fault, KEY, Reply, TempDir, free_port, require_tool};
+use common::{
+    Agent, FakeManager, Fault, KEY, Reply, Rng, TempDir, free_port, require_tool, rss_kib,
+};
 use serde_json::{Value, json};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// xorshift64: reproducible from the seed printed at the start.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// What the manager acknowledged, and what broke the order rule.
 #[derive(Default)]
@@ -44,17 +34,6 @@ struct Ledger {
     /// Every status body received, per (task, seq).
     bodies: BTreeMap<(String, u64), Vec<Value>>,
     violations: Vec<String>,
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A random fault in place of (or on top of) the answer the manager meant.
@@ -204,7 +183,7 @@ fn a_manager_in_chaos_loses_no_update_and_runs_no_task_twice() {
     let mut second = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
         std::thread::sleep(Duration::from_millis(250));
-        rss.push(vm_rss_kib(pid));
+        rss.push(rss_kib(pid));
         let now = started.elapsed().as_secs();
         if now == second {
             continue;

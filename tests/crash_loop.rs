@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{Agent, FakeManager, KEY, TempDir, eventually, free_port};
+use common::{Agent, FakeManager, KEY, Rng, TempDir, eventually, free_port};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -118,13 +118,8 @@ fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice() {
         ("OUTPOST_COLLECTOR_CMD", collector_cmd),
     ];
     let mut handed: BTreeSet<String> = BTreeSet::new();
-    let mut rng: u64 = 0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id());
-    let mut random = |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id()));
+    let mut random = |n: u64| rng.below(n);
     for round in 0..rounds {
         let mut agent = Agent::start_in(TempDir(state_path.clone()), &env, &[]);
         // Every restart starts cleanly: it registers again.

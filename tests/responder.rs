@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, FakeManager, http_get, require_tool};
+use common::{Agent, FakeManager, Rng, http_get, require_tool, rss_kib};
 
 /// The median and the slowest of `n` sequential `/health` requests. Tests
 /// hold the median to the 100 ms bound (a single slow one on a busy CI
@@ -25,16 +25,6 @@ fn health_latency(addr: &str, n: usize) -> (Duration, Duration) {
         .collect();
     times.sort();
     (times[n / 2], times[n - 1])
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 #[test]
@@ -92,16 +82,9 @@ fn endless_and_binary_heads_are_cut_off() {
         "the connection stayed open after the 431: {closed:?}"
     );
     // Random binary heads of many sizes.
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for size in [1, 7, 100, 4000, 8192, 9000, 20000] {
-        let bytes: Vec<u8> = (0..size)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        let bytes: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
         let mut s = TcpStream::connect(&addr).unwrap();
         let _ = s.write_all(&bytes);
         let _ = s.write_all(b"\r\n\r\n");
