@@ -250,10 +250,9 @@ impl Outbox {
                         // send. Said loudly, and the task's later updates go.
                         log::error!("outbox entry {n} cannot be read back: {e}; it is not sent");
                         inner.remove(n);
-                        let name = format!("{n:020}.json");
-                        let path = self.dir.join(&name);
+                        let path = self.entry_path(n);
                         if path.exists() {
-                            set_aside(&self.dir, &path, &name);
+                            set_aside(&self.dir, &path, &format!("{n:020}.json"));
                         }
                     }
                     None => {}

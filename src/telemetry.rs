@@ -244,13 +244,15 @@ impl Telemetry {
     /// `/health`: the process serves; plus how long ago a heartbeat got
     /// through, which is what an operator wants to know next.
     pub fn health_json(&self) -> String {
+        // Read before the session lock: no lock is taken inside another.
+        let storage_ok = self.task_view().storage_fault.is_none();
         let session = self.session();
         let body = serde_json::json!({
             "status": "ok",
             "uptime_s": round2(self.uptime().as_secs_f64()),
             "mode": if self.manager_url.is_some() { "manager" } else { "manager-less" },
             "last_heartbeat_ok_ago_s": self.last_heartbeat_ago(&session),
-            "storage_ok": self.task_view().storage_fault.is_none(),
+            "storage_ok": storage_ok,
         });
         format!("{body}\n")
     }

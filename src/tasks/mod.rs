@@ -234,7 +234,7 @@ impl Tasks {
             .filter(|r| r.origin == Origin::Spool)
             .filter_map(|r| r.last.clone())
             .filter(|last| {
-                let path = self.results.join(format!("{}.json", last.task_id));
+                let path = self.result_path(&last.task_id);
                 crate::state::read_json::<Update>(&path)
                     .ok()
                     .flatten()
@@ -862,9 +862,17 @@ impl Tasks {
         }
     }
 
+    /// `results/<id>.json`: a spool task's latest update.
+    fn result_path(&self, task_id: &str) -> PathBuf {
+        self.results.join(format!("{task_id}.json"))
+    }
+
+    fn write_result_file(&self, update: &Update) -> Result<()> {
+        crate::state::write_json(&self.result_path(&update.task_id), update)
+    }
+
     fn write_result(&mut self, update: &Update) {
-        let path = self.results.join(format!("{}.json", update.task_id));
-        match crate::state::write_json(&path, update) {
+        match self.write_result_file(update) {
             Ok(()) => {
                 self.storage.unwritten_results.remove(&update.task_id);
             }
@@ -918,8 +926,7 @@ impl Tasks {
                 let results: Vec<Update> =
                     self.storage.unwritten_results.values().cloned().collect();
                 for update in results {
-                    let path = self.results.join(format!("{}.json", update.task_id));
-                    crate::state::write_json(&path, &update)?;
+                    self.write_result_file(&update)?;
                     self.storage.unwritten_results.remove(&update.task_id);
                 }
                 Ok(())
