@@ -6,7 +6,6 @@
 //! alone, and every exit path (signal, rejected key) goes through the same
 //! shutdown sequence of PROTOCOL.md section 8.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::{EXIT_CONFIG, Error, Result};
+use crate::event::Event;
 use crate::health::Responder;
 use crate::heartbeat::Heartbeat;
 use crate::ledger::Origin;
@@ -24,37 +24,9 @@ use crate::notify::Notifier;
 use crate::outbox::Outbox;
 use crate::state::StateDir;
 use crate::stop::Stop;
-use crate::supervisor::{Exit, Supervisor};
+use crate::supervisor::Supervisor;
 use crate::tasks::{Settings, Tasks};
 use crate::telemetry::{Telemetry, Worker};
-
-/// Everything the main loop reacts to.
-#[derive(Debug)]
-pub enum Event {
-    /// SIGTERM or SIGINT: stop cleanly.
-    Shutdown { signal: &'static str },
-    /// The manager accepted this instance.
-    Registered { agent_id: String },
-    /// The manager refused the key at registration: stop, exit 78.
-    KeyRejected { status: u16 },
-    /// Tasks from a claim; `taken` is answered once they are in the table.
-    Claimed {
-        tasks: Vec<serde_json::Value>,
-        taken: Sender<()>,
-    },
-    /// A spool file, read (or why it could not be).
-    Spooled {
-        path: PathBuf,
-        task: std::result::Result<serde_json::Value, String>,
-    },
-    /// A child process ended.
-    ChildExited(Exit),
-    /// A collector config download finished.
-    ConfigFetched {
-        task_id: String,
-        result: std::result::Result<Vec<u8>, String>,
-    },
-}
 
 /// How often the main loop wakes up with nothing to do.
 const TICK: Duration = Duration::from_millis(500);
@@ -112,6 +84,9 @@ pub fn run(config: Config) -> Result<i32> {
         threads.spawn("metrics", move || metrics_loop(&telemetry, &stop))?;
     }
 
+    // One trust set for every link: the system store is read once.
+    let (tls, roots) = crate::tls::client_config(&config.tls, std::path::Path::new("/"))?;
+    log::debug!("TLS trusts {roots}");
     let supervisor = {
         let events = events.clone();
         Supervisor::start(move |exit| {
@@ -140,7 +115,7 @@ pub fn run(config: Config) -> Result<i32> {
         supervisor,
         telemetry.clone(),
         crate::fetch::Fetcher::new(
-            crate::manager::tls_config(&config)?,
+            tls.clone(),
             crate::fetch::UrlPolicy {
                 allow_http: config.allow_http_config,
                 allow_link_local: config.allow_link_local_config,
@@ -165,7 +140,7 @@ pub fn run(config: Config) -> Result<i32> {
                 config.agent_name,
                 state.root().display()
             );
-            let manager = Manager::new(&config)?;
+            let manager = Manager::new(&config, tls.clone())?;
             let heartbeat = Heartbeat {
                 manager: manager.clone(),
                 telemetry: telemetry.clone(),
@@ -206,7 +181,6 @@ pub fn run(config: Config) -> Result<i32> {
     }
     {
         let (t, s) = (telemetry.clone(), stop.clone());
-        let tls = crate::manager::tls_config(&config)?;
         threads.spawn("push", move || crate::pushgateway::run(t, tls, s))?;
     }
     log::debug!("started in {:?}", started.elapsed());

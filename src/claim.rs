@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
-use crate::agent::Event;
 use crate::backoff::Backoff;
+use crate::event::Event;
 use crate::manager::{Failure, Manager, POLL_GRACE};
 use crate::stop::Stop;
 use crate::telemetry::{Telemetry, Worker};

@@ -16,34 +16,7 @@ use std::time::Duration;
 
 use crate::clock::{format_duration, parse_duration};
 use crate::error::{Error, Result};
-
-/// The agent's registration key. Its `Debug` and `Display` never show it, so
-/// it cannot leak through a log line or `--check-config`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-
-    /// The only way to the plain text: grep for `expose` to audit every use.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<secret>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<secret>")
-    }
-}
+pub use crate::secret::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -70,9 +43,7 @@ pub struct Config {
     pub allow_link_local_config: bool,
     pub stop_grace: Duration,
     pub pushgateway_url: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
+    pub tls: crate::tls::TlsFiles,
     pub log_level: String,
     pub log_format: LogFormat,
     /// Where each setting's value came from, for `--check-config`.
@@ -541,16 +512,18 @@ fn resolve(raw: &Raw) -> Result<Config> {
         allow_link_local_config,
         stop_grace,
         pushgateway_url,
-        ca_file,
-        client_cert,
-        client_key,
+        tls: crate::tls::TlsFiles {
+            ca_file,
+            client_cert,
+            client_key,
+        },
         log_level,
         log_format,
         sources,
     };
     // Loading the PEM files here, not at the first request, turns a typo in
     // a path into exit 78 at start rather than endless retries.
-    crate::manager::tls_config(&config)?;
+    crate::tls::client_config(&config.tls, Path::new("/"))?;
     Ok(config)
 }
 
@@ -786,9 +759,9 @@ impl Config {
             ),
             ("OUTPOST_STOP_GRACE", format_duration(self.stop_grace)),
             ("OUTPOST_PUSHGATEWAY_URL", opt(&self.pushgateway_url)),
-            ("OUTPOST_CA_FILE", path(&self.ca_file)),
-            ("OUTPOST_CLIENT_CERT", path(&self.client_cert)),
-            ("OUTPOST_CLIENT_KEY", path(&self.client_key)),
+            ("OUTPOST_CA_FILE", path(&self.tls.ca_file)),
+            ("OUTPOST_CLIENT_CERT", path(&self.tls.client_cert)),
+            ("OUTPOST_CLIENT_KEY", path(&self.tls.client_key)),
             ("OUTPOST_LOG_LEVEL", self.log_level.clone()),
             (
                 "OUTPOST_LOG_FORMAT",

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::agent::Event;
 use crate::backoff::Backoff;
 use crate::clock;
+use crate::event::Event;
 use crate::manager::{Capabilities, Endpoint, Failure, Manager, RegisterRequest};
 use crate::metrics::Snapshot;
 use crate::state::{Identity, StateDir};

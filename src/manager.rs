@@ -7,14 +7,13 @@
 //! heartbeat is rebuilt fresh, a status update is resent as it was.
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::secret::Secret;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,7 +129,7 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(config: &Config) -> Result<Manager> {
+    pub fn new(config: &Config, tls: ureq::tls::TlsConfig) -> Result<Manager> {
         let base = config
             .manager_url
             .clone()
@@ -148,7 +147,7 @@ impl Manager {
             // A redirect would carry the key to wherever it points.
             .max_redirects(0)
             .max_redirects_will_error(false)
-            .tls_config(tls_config(config)?)
+            .tls_config(tls)
             .user_agent(format!("outpost/{}", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
@@ -396,79 +395,6 @@ fn describe(e: &ureq::Error) -> String {
         ureq::Error::BodyExceedsLimit(limit) => format!("answer larger than {limit} bytes"),
         other => other.to_string(),
     }
-}
-
-/// TLS settings shared by the manager link and config downloads: the CA
-/// bundle replaces the built-in roots when given; client certificate and key
-/// come as a pair.
-pub fn tls_config(config: &Config) -> Result<TlsConfig> {
-    let mut builder = TlsConfig::builder();
-    if let Some(path) = &config.ca_file {
-        let certs = read_certs("OUTPOST_CA_FILE", path)?;
-        builder = builder.root_certs(RootCerts::new_with_certs(&certs));
-    }
-    match (&config.client_cert, &config.client_key) {
-        (Some(cert), Some(key)) => {
-            let chain = read_certs("OUTPOST_CLIENT_CERT", cert)?;
-            let key = read_key(key)?;
-            builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-        }
-        (Some(_), None) => {
-            return Err(Error::config(
-                "OUTPOST_CLIENT_KEY",
-                "OUTPOST_CLIENT_CERT is set but its key is not",
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(Error::config(
-                "OUTPOST_CLIENT_CERT",
-                "OUTPOST_CLIENT_KEY is set but its certificate is not",
-            ));
-        }
-        (None, None) => {}
-    }
-    Ok(builder.build())
-}
-
-fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::config(setting, format!("cannot read {}: {e}", path.display())))
-}
-
-fn read_certs(setting: &'static str, path: &Path) -> Result<Vec<Certificate<'static>>> {
-    let pem = read_pem(setting, path)?;
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(PemItem::Certificate(c)) => certs.push(c),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(Error::config(
-                    setting,
-                    format!("{} is not valid PEM: {e}", path.display()),
-                ));
-            }
-        }
-    }
-    if certs.is_empty() {
-        return Err(Error::config(
-            setting,
-            format!("{} holds no PEM certificate", path.display()),
-        ));
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKey<'static>> {
-    let pem = read_pem("OUTPOST_CLIENT_KEY", path)?;
-    // The error text of a key parser might quote key material: say only what
-    // file and what was expected.
-    PrivateKey::from_pem(&pem).map_err(|_| {
-        Error::config(
-            "OUTPOST_CLIENT_KEY",
-            format!("{} holds no usable PEM private key", path.display()),
-        )
-    })
 }
 
 #[cfg(test)]

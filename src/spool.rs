@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use crate::agent::Event;
 use crate::error::Result;
+use crate::event::Event;
 use crate::stop::Stop;
 use crate::telemetry::{Telemetry, Worker};
 

@@ -35,6 +35,57 @@ impl State {
     }
 }
 
+/// The kinds of task error this agent reports (section 3.4), one closed
+/// set, so a typo cannot invent a kind a manager has never heard of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidPayload,
+    UnknownType,
+    SpawnFailed,
+    ExitNonzero,
+    Exited,
+    Timeout,
+    DownloadFailed,
+    ChecksumMismatch,
+    AgentRestarted,
+    AgentStopped,
+    NotFound,
+    Capacity,
+    InvalidOutput,
+    OutputTooLarge,
+    Iperf3Error,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidPayload => "invalid_payload",
+            ErrorKind::UnknownType => "unknown_type",
+            ErrorKind::SpawnFailed => "spawn_failed",
+            ErrorKind::ExitNonzero => "exit_nonzero",
+            ErrorKind::Exited => "exited",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::DownloadFailed => "download_failed",
+            ErrorKind::ChecksumMismatch => "checksum_mismatch",
+            ErrorKind::AgentRestarted => "agent_restarted",
+            ErrorKind::AgentStopped => "agent_stopped",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Capacity => "capacity",
+            ErrorKind::InvalidOutput => "invalid_output",
+            ErrorKind::OutputTooLarge => "output_too_large",
+            ErrorKind::Iperf3Error => "iperf3_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The wire and storage form keeps `kind` as text: a record written by
+/// another version of the agent still reads back whatever kind it holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskError {
     pub kind: String,
@@ -75,9 +126,9 @@ impl Update {
         }
     }
 
-    pub fn with_error(mut self, kind: &str, message: impl Into<String>) -> Update {
+    pub fn with_error(mut self, kind: ErrorKind, message: impl Into<String>) -> Update {
         self.error = Some(TaskError {
-            kind: kind.to_string(),
+            kind: kind.as_str().to_string(),
             message: message.into(),
         });
         self

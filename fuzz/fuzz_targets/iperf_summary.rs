@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
             check_summary(&result["summary"]);
         }
         Outcome::Failed(kind, message) => {
-            assert!(!kind.is_empty());
+            assert!(!kind.as_str().is_empty());
             // An error field may be empty; the agent's own messages never are.
             let from_json = serde_json::from_slice::<Value>(stdout)
                 .ok()

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         }) => {
             // The rejection is sent as an update naming the id.
             assert!(ids::is_valid_id(&id), "{id:?}");
-            assert!(KINDS.contains(&kind), "{kind}");
+            assert!(KINDS.contains(&kind.as_str()), "{kind}");
             assert!(!message.is_empty());
             assert_eq!(
                 Some(type_name.as_str()),

@@ -18,7 +18,7 @@ use super::payload::{CollectorStart, ConfigSource, Restart};
 use super::{Ending, Live, Tasks};
 use crate::error::Result;
 use crate::supervisor::{Exit, ExitStatus, Output, Spec};
-use crate::update::State;
+use crate::update::{ErrorKind, State};
 
 /// A collector's log file is rotated once it reaches this size.
 pub const LOG_MAX_BYTES: u64 = 1024 * 1024;
@@ -243,7 +243,7 @@ impl Tasks {
             ConfigSource::Url(url) => {
                 if let Err(why) = self.fetcher.check_url(&url) {
                     self.emit_for(&id, State::Rejected, |u| {
-                        *u = u.clone().with_error("invalid_payload", why.clone());
+                        *u = u.clone().with_error(ErrorKind::InvalidPayload, why.clone());
                     });
                     return;
                 }
@@ -255,7 +255,7 @@ impl Tasks {
                     .stack_size(256 * 1024)
                     .spawn(move || {
                         let result = fetcher.fetch(&url).map_err(|e| e.0);
-                        let _ = events.send(crate::agent::Event::ConfigFetched { task_id, result });
+                        let _ = events.send(crate::event::Event::ConfigFetched { task_id, result });
                     });
                 if let Err(e) = spawned {
                     self.config_ready(&id, Err(format!("cannot start a download thread: {e}")));
@@ -272,7 +272,7 @@ impl Tasks {
         let (expected, variables, name) =
             (run.sha256.clone(), run.variables.clone(), run.name.clone());
         let prepared = fetched
-            .map_err(|e| ("download_failed", e))
+            .map_err(|e| (ErrorKind::DownloadFailed, e))
             .and_then(|bytes| prepare(bytes, expected.as_deref(), &variables));
         let config = match prepared {
             Ok(config) => config,
@@ -439,7 +439,7 @@ impl Tasks {
                     .and_then(|l| l.collector.as_ref())
                     .is_some_and(|r| r.fresh);
                 if fresh {
-                    self.early_failure(id, "spawn_failed", message, None);
+                    self.early_failure(id, ErrorKind::SpawnFailed, message, None);
                 } else {
                     self.schedule_restart(id);
                 }
@@ -518,7 +518,7 @@ impl Tasks {
                     self.emit_for(&id, State::Failed, |u| {
                         *u = u
                             .clone()
-                            .with_error("timeout", "timeout_s passed; collector stopped");
+                            .with_error(ErrorKind::Timeout, "timeout_s passed; collector stopped");
                         u.stderr_tail = tail.clone();
                     });
                 }
@@ -536,7 +536,7 @@ impl Tasks {
                     }
                 );
                 self.live.insert(id.clone(), live);
-                self.early_failure(&id, "exit_nonzero", message, tail);
+                self.early_failure(&id, ErrorKind::ExitNonzero, message, tail);
             }
             None => {
                 let up = run.up_since.map(|t| t.elapsed()).unwrap_or_default();
@@ -568,7 +568,7 @@ impl Tasks {
                     } else {
                         self.emit_for(&id, State::Failed, |u| {
                             *u = u.clone().with_error(
-                                "exit_nonzero",
+                                ErrorKind::ExitNonzero,
                                 format!("{name} {} and restart is never", exit.status.describe()),
                             );
                             u.pid = Some(exit.pid);
@@ -583,7 +583,7 @@ impl Tasks {
 
     /// A new collector (or config) that could not run: fail the task, and
     /// when it replaced another, put the previous config back.
-    fn early_failure(&mut self, id: &str, kind: &str, message: String, tail: Option<String>) {
+    fn early_failure(&mut self, id: &str, kind: ErrorKind, message: String, tail: Option<String>) {
         let Some(live) = self.live.remove(id) else {
             return;
         };
@@ -763,9 +763,10 @@ impl Tasks {
             let Some(config) = self.store.read_config(&name) else {
                 log::warn!("collector {name}: its config file is missing; the task fails");
                 self.emit_for(&d.task_id, State::Failed, |u| {
-                    *u = u
-                        .clone()
-                        .with_error("agent_restarted", "config file missing after a restart");
+                    *u = u.clone().with_error(
+                        ErrorKind::AgentRestarted,
+                        "config file missing after a restart",
+                    );
                 });
                 continue;
             };
@@ -820,19 +821,23 @@ fn prepare(
     bytes: Vec<u8>,
     sha256: Option<&str>,
     variables: &BTreeMap<String, String>,
-) -> std::result::Result<String, (&'static str, String)> {
+) -> std::result::Result<String, (ErrorKind, String)> {
     if let Some(want) = sha256 {
         let got = crate::sha256::hex_digest(&bytes);
         if got != want {
             return Err((
-                "checksum_mismatch",
+                ErrorKind::ChecksumMismatch,
                 format!("sha256: the config's is {got}, expected {want}"),
             ));
         }
     }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| ("invalid_payload", "config: not UTF-8 text".to_string()))?;
-    substitute(&text, variables).map_err(|e| ("invalid_payload", e))
+    let text = String::from_utf8(bytes).map_err(|_| {
+        (
+            ErrorKind::InvalidPayload,
+            "config: not UTF-8 text".to_string(),
+        )
+    })?;
+    substitute(&text, variables).map_err(|e| (ErrorKind::InvalidPayload, e))
 }
 
 #[cfg(test)]

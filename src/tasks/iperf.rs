@@ -8,6 +8,7 @@
 use serde_json::{Value, json};
 
 use super::payload::{IperfClient, IperfServer};
+use crate::update::ErrorKind;
 
 /// Largest iperf3 JSON kept: a day-long run with per-second intervals is
 /// tens of MiB; past this the run fails with a clear error instead of
@@ -65,7 +66,7 @@ pub fn client_args(c: &IperfClient) -> Vec<String> {
 pub enum Outcome {
     Succeeded(Value),
     /// `(error kind, message)`.
-    Failed(&'static str, String),
+    Failed(ErrorKind, String),
 }
 
 /// Reads a client run's output. iperf3 3.12 exits 0 on a refused
@@ -79,7 +80,7 @@ pub fn client_outcome(
 ) -> Outcome {
     if truncated {
         return Outcome::Failed(
-            "output_too_large",
+            ErrorKind::OutputTooLarge,
             format!("iperf3 wrote more than {MAX_JSON_BYTES} bytes of JSON"),
         );
     }
@@ -92,9 +93,9 @@ pub fn client_outcome(
     match (exit_code, parsed, error) {
         (_, _, Some(error)) => {
             let kind = if exit_code == Some(0) {
-                "iperf3_error"
+                ErrorKind::Iperf3Error
             } else {
-                "exit_nonzero"
+                ErrorKind::ExitNonzero
             };
             Outcome::Failed(kind, error)
         }
@@ -103,7 +104,7 @@ pub fn client_outcome(
             Outcome::Succeeded(json!({ "iperf3": json, "summary": summary }))
         }
         (Some(0), None, None) => Outcome::Failed(
-            "invalid_output",
+            ErrorKind::InvalidOutput,
             "iperf3 exited 0 but its output is not JSON".into(),
         ),
         (code, _, None) => {
@@ -116,7 +117,7 @@ pub fn client_outcome(
                 .map(|c| format!("status {c}"))
                 .unwrap_or_else(|| "a signal".into());
             Outcome::Failed(
-                "exit_nonzero",
+                ErrorKind::ExitNonzero,
                 format!("iperf3 exited with {status}: {last}")
                     .trim_end_matches(": ")
                     .to_string(),
@@ -271,24 +272,24 @@ mod tests {
         assert_eq!(
             client_outcome(Some(0), &fixture("refused-3.12.json"), false, ""),
             Outcome::Failed(
-                "iperf3_error",
+                ErrorKind::Iperf3Error,
                 "unable to connect to server: Connection refused".into()
             )
         );
         assert_eq!(
             client_outcome(Some(1), b"", false, "iperf3: error - boom\n"),
             Outcome::Failed(
-                "exit_nonzero",
+                ErrorKind::ExitNonzero,
                 "iperf3 exited with status 1: iperf3: error - boom".into()
             )
         );
         assert!(matches!(
             client_outcome(Some(0), b"{", false, ""),
-            Outcome::Failed("invalid_output", _)
+            Outcome::Failed(ErrorKind::InvalidOutput, _)
         ));
         assert!(matches!(
             client_outcome(Some(0), b"{}", true, ""),
-            Outcome::Failed("output_too_large", _)
+            Outcome::Failed(ErrorKind::OutputTooLarge, _)
         ));
     }
 }

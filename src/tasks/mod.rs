@@ -31,7 +31,7 @@ use crate::ledger::{Ledger, Origin, ProcessRef, Record};
 use crate::outbox::Outbox;
 use crate::supervisor::{self, Exit, ExitStatus, Output, Spec, Started, Supervisor};
 use crate::telemetry::Telemetry;
-use crate::update::{State, Update};
+use crate::update::{ErrorKind, State, Update};
 use payload::{Kind, Refusal, Task};
 
 /// One-shot tasks that are still running after this long report `accepted`.
@@ -129,7 +129,7 @@ pub struct Tasks {
     /// Collector name → the task that owns it now.
     collectors: BTreeMap<String, String>,
     fetcher: Arc<crate::fetch::Fetcher>,
-    events: std::sync::mpsc::Sender<crate::agent::Event>,
+    events: std::sync::mpsc::Sender<crate::event::Event>,
     storage: Storage,
 }
 
@@ -149,7 +149,7 @@ impl Tasks {
         supervisor: Supervisor,
         telemetry: Arc<Telemetry>,
         fetcher: crate::fetch::Fetcher,
-        events: std::sync::mpsc::Sender<crate::agent::Event>,
+        events: std::sync::mpsc::Sender<crate::event::Event>,
     ) -> Result<Tasks> {
         let results = settings.state_dir.join("results");
         let store = collector::Store::open(&settings.state_dir, &settings.config_dir)?;
@@ -221,9 +221,10 @@ impl Tasks {
                 record.type_name
             );
             self.emit_for(&record.id, State::Failed, |u| {
-                *u = u
-                    .clone()
-                    .with_error("agent_restarted", "the agent restarted while the task ran");
+                *u = u.clone().with_error(
+                    ErrorKind::AgentRestarted,
+                    "the agent restarted while the task ran",
+                );
             });
         }
         // A spool task's result file is written after its ledger record; a
@@ -302,7 +303,13 @@ impl Tasks {
         }
         if self.live.len() as u32 >= self.settings.max_tasks {
             let message = format!("{} tasks are running, the limit", self.settings.max_tasks);
-            return Ok(self.reject(&task.id, task.kind.type_name(), origin, "capacity", message));
+            return Ok(self.reject(
+                &task.id,
+                task.kind.type_name(),
+                origin,
+                ErrorKind::Capacity,
+                message,
+            ));
         }
         if let Kind::IperfServer(server) = &task.kind
             && let Some(other) = self.server_on_port(server.port)
@@ -312,7 +319,7 @@ impl Tasks {
                 &task.id,
                 task.kind.type_name(),
                 origin,
-                "invalid_payload",
+                ErrorKind::InvalidPayload,
                 message,
             ));
         }
@@ -325,7 +332,7 @@ impl Tasks {
         id: &str,
         type_name: &str,
         origin: Origin,
-        kind: &str,
+        kind: ErrorKind,
         message: String,
     ) -> Intake {
         if self.new_record(id, type_name, origin) == Intake::Deferred {
@@ -467,7 +474,7 @@ impl Tasks {
                 Err(e) => {
                     log::warn!(task_id = id.as_str(); "task {id}: {e}");
                     self.emit_for(&id, State::Failed, |u| {
-                        *u = u.clone().with_error("spawn_failed", e.to_string());
+                        *u = u.clone().with_error(ErrorKind::SpawnFailed, e.to_string());
                     });
                 }
             }
@@ -500,7 +507,7 @@ impl Tasks {
                     self.emit_for(&id, State::Failed, |u| {
                         *u = u
                             .clone()
-                            .with_error("not_found", format!("no running task {task_id}"));
+                            .with_error(ErrorKind::NotFound, format!("no running task {task_id}"));
                     });
                     return;
                 }
@@ -514,7 +521,7 @@ impl Tasks {
                     self.emit_for(&id, State::Failed, |u| {
                         *u = u
                             .clone()
-                            .with_error("not_found", format!("no collector named {name}"));
+                            .with_error(ErrorKind::NotFound, format!("no collector named {name}"));
                     });
                     return;
                 };
@@ -572,7 +579,7 @@ impl Tasks {
             }),
             (Some(Ending::Timeout), _) => self.emit_for(&id, State::Failed, |u| {
                 *u = u.clone().with_error(
-                    "timeout",
+                    ErrorKind::Timeout,
                     format!(
                         "timeout_s passed after {}s; stopped",
                         live.accepted.elapsed().as_secs()
@@ -591,9 +598,10 @@ impl Tasks {
             // Only collectors are replaced; they never reach this match.
             (Some(Ending::AgentStopping) | Some(Ending::Replaced), _) => {
                 self.emit_for(&id, State::Failed, |u| {
-                    *u = u
-                        .clone()
-                        .with_error("agent_stopped", "the agent stopped while the task ran");
+                    *u = u.clone().with_error(
+                        ErrorKind::AgentStopped,
+                        "the agent stopped while the task ran",
+                    );
                     u.pid = Some(pid);
                     u.stderr_tail = tail.clone();
                 })
@@ -632,8 +640,8 @@ impl Tasks {
                     words
                 };
                 let kind = match code {
-                    Some(0) if live.state == State::Running => "exited",
-                    _ => "exit_nonzero",
+                    Some(0) if live.state == State::Running => ErrorKind::Exited,
+                    _ => ErrorKind::ExitNonzero,
                 };
                 // A one-off server that served its client is done, not broken.
                 let one_off_done = matches!(&live.task.kind, Kind::IperfServer(s) if s.one_off)
@@ -797,9 +805,10 @@ impl Tasks {
                 log::warn!(task_id = id.as_str(); "task {id}: pid {} did not exit in time", p.pid);
             }
             self.emit_for(&id, State::Failed, |u| {
-                *u = u
-                    .clone()
-                    .with_error("agent_stopped", "the agent stopped while the task ran");
+                *u = u.clone().with_error(
+                    ErrorKind::AgentStopped,
+                    "the agent stopped while the task ran",
+                );
             });
         }
         self.refresh_view(true);

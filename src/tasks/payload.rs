@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::ids;
+use crate::update::ErrorKind;
 
 /// The task types this build runs.
 pub const TYPES: &[&str] = &[
@@ -119,7 +120,7 @@ pub enum Refusal {
     Rejected {
         id: String,
         type_name: String,
-        kind: &'static str,
+        kind: ErrorKind,
         message: String,
     },
 }
@@ -149,7 +150,7 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let reject = |kind: &'static str, message: String| Refusal::Rejected {
+    let reject = |kind: ErrorKind, message: String| Refusal::Rejected {
         id: id.clone(),
         type_name: type_name.clone(),
         kind,
@@ -161,7 +162,7 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         Some(Value::Object(p)) => p,
         Some(_) => {
             return Err(reject(
-                "invalid_payload",
+                ErrorKind::InvalidPayload,
                 "payload: must be an object".into(),
             ));
         }
@@ -172,7 +173,7 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
             Some(s) if s > 0.0 && s <= 7.0 * 86_400.0 => Some(Duration::from_secs_f64(s)),
             _ => {
                 return Err(reject(
-                    "invalid_payload",
+                    ErrorKind::InvalidPayload,
                     format!(
                         "timeout_s: {} is not a number of seconds from 0 to 604800",
                         shown(v)
@@ -190,10 +191,10 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         "collector_start" => fields.collector_start(&id),
         "collector_stop" => fields.collector_stop(),
         "system_info" => Ok(Kind::SystemInfo),
-        "" => return Err(reject("unknown_type", "type: missing".into())),
+        "" => return Err(reject(ErrorKind::UnknownType, "type: missing".into())),
         other => {
             return Err(reject(
-                "unknown_type",
+                ErrorKind::UnknownType,
                 format!(
                     "type: {:?} is not one this agent runs",
                     ids::escape_for_log(other)
@@ -201,7 +202,7 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
             ));
         }
     }
-    .map_err(|message| reject("invalid_payload", message))?;
+    .map_err(|message| reject(ErrorKind::InvalidPayload, message))?;
     Ok(Task { id, kind, timeout })
 }
 
