@@ -758,7 +758,7 @@ impl Tasks {
                 self.store.forget(&name);
                 continue;
             };
-            super::stop_leftovers(&record, self.settings.stop_grace);
+            super::recovery::stop_leftovers(&record, self.settings.stop_grace);
             self.store.restore_previous(&name);
             let Some(config) = self.store.read_config(&name) else {
                 log::warn!("collector {name}: its config file is missing; the task fails");

@@ -5,10 +5,15 @@
 //! follows its option as a separate argument, so nothing a manager sends can
 //! become an option of its own.
 
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 
-use super::payload::{IperfClient, IperfServer};
-use crate::update::ErrorKind;
+use super::payload::{IperfClient, IperfServer, Kind};
+use super::{Ending, Tasks};
+use crate::update::{ErrorKind, State};
 
 /// Largest iperf3 JSON kept: a day-long run with per-second intervals is
 /// tens of MiB; past this the run fails with a clear error instead of
@@ -186,11 +191,95 @@ pub fn summarise(report: &Value) -> Value {
     })
 }
 
+// ---------------------------------------------------------------------------
+// Server readiness: `running` once the port accepts connections.
+
+/// How long an iperf3 server has to start listening.
+pub(super) const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a starting server's listening socket is looked for.
+pub(super) const SERVER_PROBE_EVERY: Duration = Duration::from_millis(10);
+
+impl Tasks {
+    /// A server is `running` once its port accepts connections: once a
+    /// socket of its process listens on the port. Looking it up in /proc
+    /// instead of connecting matters: iperf3 takes any connection for a
+    /// test, and a probe would use up a `one_off` server.
+    pub(super) fn probe_servers(&mut self) {
+        let now = Instant::now();
+        let starting: Vec<(String, i32, u16, Instant)> = self
+            .live
+            .values()
+            .filter_map(|l| match (&l.task.kind, l.process, l.ready_by) {
+                (Kind::IperfServer(s), Some(p), Some(by)) if l.ending.is_none() => {
+                    Some((l.task.id.clone(), p.pid, s.port, by))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, pid, port, by) in starting {
+            if is_listening(Path::new("/"), pid, port) {
+                if let Some(l) = self.live.get_mut(&id) {
+                    l.ready_by = None;
+                }
+                self.emit_for(&id, State::Running, |u| {
+                    u.pid = Some(pid);
+                    u.result = Some(json!({ "port": port }));
+                });
+            } else if now >= by {
+                log::warn!(task_id = id.as_str(); "iperf3 server {id} did not listen on port {port} within {}s", SERVER_READY_TIMEOUT.as_secs());
+                self.stop_task(&id, Ending::Timeout);
+            }
+        }
+    }
+}
+
+/// True when a socket of `pid` is listening on TCP `port` (IPv4 or IPv6),
+/// read from `<root>/proc/net/tcp{,6}` and `<root>/proc/<pid>/fd`.
+pub fn is_listening(root: &Path, pid: i32, port: u16) -> bool {
+    let mut inodes = HashSet::new();
+    for file in ["proc/net/tcp", "proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(root.join(file)) {
+            inodes.extend(listening_inodes(&text, port));
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(root.join(format!("proc/{pid}/fd"))) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| {
+                let t = target.to_string_lossy().into_owned();
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|inode| inodes.contains(&inode))
+    })
+}
+
+/// Inodes of sockets in state LISTEN (0A) on `port`, from /proc/net/tcp text.
+pub fn listening_inodes(text: &str, port: u16) -> Vec<u64> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && *fields.get(3)? == "0A").then(|| fields.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> Vec<u8> {
+    pub(super) fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!(
             "{}/tests/fixtures/iperf3/{name}",
             env!("CARGO_MANIFEST_DIR")
@@ -199,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn client_argv_keeps_values_apart_from_options() {
+    pub(super) fn client_argv_keeps_values_apart_from_options() {
         let c = IperfClient {
             server: "10.0.0.2".into(),
             port: 5202,
@@ -231,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn picks_the_error_line() {
+    pub(super) fn picks_the_error_line() {
         let tail = "iperf3: error - unable to start listener for connections: Address already in use\niperf3: exiting\n";
         assert!(last_error_line(tail).ends_with("Address already in use"));
         assert_eq!(last_error_line("just this\n\n"), "just this");
@@ -239,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_summary_from_a_real_run() {
+    pub(super) fn tcp_summary_from_a_real_run() {
         let Outcome::Succeeded(result) =
             client_outcome(Some(0), &fixture("tcp-3.12.json"), false, "")
         else {
@@ -254,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_summary_from_a_real_run() {
+    pub(super) fn udp_summary_from_a_real_run() {
         let Outcome::Succeeded(result) =
             client_outcome(Some(0), &fixture("udp-3.12.json"), false, "")
         else {
@@ -268,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_connection_fails_with_iperf3s_words_despite_exit_0() {
+    pub(super) fn a_refused_connection_fails_with_iperf3s_words_despite_exit_0() {
         assert_eq!(
             client_outcome(Some(0), &fixture("refused-3.12.json"), false, ""),
             Outcome::Failed(
@@ -291,5 +380,12 @@ mod tests {
             client_outcome(Some(0), b"{}", true, ""),
             Outcome::Failed(ErrorKind::OutputTooLarge, _)
         ));
+    }
+
+    #[test]
+    pub(super) fn finds_listening_sockets_in_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1451 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1451 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(listening_inodes(text, 5201), [31337]);
+        assert!(listening_inodes(text, 5202).is_empty());
     }
 }

@@ -2,21 +2,25 @@
 //! task states change.
 //!
 //! It is owned by the main loop and touched by nothing else, so it needs no
-//! lock. Every state change goes through [`Tasks::emit`]: it numbers the
-//! update, makes it durable (the outbox for manager tasks, first; then the
-//! ledger; for spool tasks the ledger, then `results/<id>.json`) and only
-//! then is anything else allowed to happen. The submodules hold the task
-//! types' own knowledge: checking payloads, and iperf3's arguments and JSON.
+//! lock. This file holds intake (decoding, at-most-once, capacity), starting
+//! and stopping, and the final state of each exit. Its parts:
 //!
-//! When the state directory cannot be written (a full disk), the table
-//! takes no new task (one that cannot be recorded must not run), keeps what
-//! it could not write in memory, publishes the fault for `/status`,
-//! `/metrics` and the claim and spool threads, and retries the writes every
-//! [`STORAGE_RETRY_EVERY`] until they go through.
+//! - `durable`: every state change made durable and delivered, and what a
+//!   state directory that refuses writes means for tasks;
+//! - `recovery`: what a previous instance left behind;
+//! - `reports`: the task view other threads read;
+//! - `payload`, `iperf`, `collector`: each task type's own knowledge.
 
 pub mod collector;
+mod durable;
 pub mod iperf;
 pub mod payload;
+mod recovery;
+mod reports;
+
+pub use durable::STORAGE_RETRY_EVERY;
+use durable::Storage;
+pub use iperf::{is_listening, listening_inodes};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,28 +29,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::clock;
 use crate::error::Result;
 use crate::ledger::{Ledger, Origin, ProcessRef, Record};
 use crate::outbox::Outbox;
-use crate::supervisor::{self, Exit, ExitStatus, Output, Spec, Started, Supervisor};
+use crate::supervisor::{Exit, ExitStatus, Output, Spec, Started, Supervisor};
 use crate::telemetry::Telemetry;
-use crate::update::{ErrorKind, State, Update};
+use crate::update::{ErrorKind, State};
 use payload::{Kind, Refusal, Task};
 
 /// One-shot tasks that are still running after this long report `accepted`.
 const ACCEPTED_AFTER: Duration = Duration::from_secs(1);
-/// How long an iperf3 server has to start listening.
-const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a starting server's listening socket is looked for.
-const SERVER_PROBE_EVERY: Duration = Duration::from_millis(10);
-/// How long a process's CPU and memory reading is reused in reports.
-const USAGE_EVERY: Duration = Duration::from_secs(5);
 /// A client run gets its test time plus this before `timeout_s` applies by
 /// default (connection set-up, omitted seconds, the final exchange).
 const CLIENT_TIMEOUT_SLACK: Duration = Duration::from_secs(60);
-/// How often writes that failed are tried again.
-pub const STORAGE_RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// What became of a task handed to [`Tasks::accept`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,18 +53,6 @@ pub enum Intake {
     /// again (a restart meanwhile loses it, and the manager hands it out
     /// again); a spool file stays in `inbox/`.
     Deferred,
-}
-
-/// The state directory refused a write, and since when.
-#[derive(Default)]
-struct Storage {
-    fault: Option<(String, SystemTime)>,
-    write_errors: u64,
-    last_try: Option<Instant>,
-    /// Spool results whose file could not be written, by task id.
-    unwritten_results: BTreeMap<String, Update>,
-    /// Claimed tasks that could not be recorded, in claim order.
-    deferred: Vec<Value>,
 }
 
 pub struct Settings {
@@ -200,52 +183,6 @@ impl Tasks {
         tasks.recover();
         tasks.refresh_view(true);
         Ok(tasks)
-    }
-
-    /// Section 6.2, "nothing left behind": processes of the previous
-    /// instance are stopped (checked by pid and start time, so a reused pid
-    /// is never touched) and their tasks end `failed` with
-    /// `agent_restarted`.
-    fn recover(&mut self) {
-        let desired = self.store.load();
-        let kept: HashSet<String> = desired.values().map(|d| d.task_id.clone()).collect();
-        for record in self.ledger.unfinished() {
-            stop_leftovers(&record, self.settings.stop_grace);
-            if kept.contains(&record.id) {
-                continue; // a collector: it runs again below
-            }
-            log::info!(
-                task_id = record.id.as_str();
-                "task {} ({}) was cut off by an agent restart",
-                record.id,
-                record.type_name
-            );
-            self.emit_for(&record.id, State::Failed, |u| {
-                *u = u.clone().with_error(
-                    ErrorKind::AgentRestarted,
-                    "the agent restarted while the task ran",
-                );
-            });
-        }
-        // A spool task's result file is written after its ledger record; a
-        // crash between the two leaves the file behind, so catch it up.
-        let stale: Vec<Update> = self
-            .ledger
-            .records()
-            .filter(|r| r.origin == Origin::Spool)
-            .filter_map(|r| r.last.clone())
-            .filter(|last| {
-                let path = self.result_path(&last.task_id);
-                crate::state::read_json::<Update>(&path)
-                    .ok()
-                    .flatten()
-                    .is_none_or(|on_disk| on_disk.seq < last.seq)
-            })
-            .collect();
-        for update in stale {
-            self.write_result(&update);
-        }
-        self.resume_collectors(desired);
     }
 
     /// Free slots for claiming (section 3.3).
@@ -466,7 +403,7 @@ impl Tasks {
                         _ => None,
                     };
                     if matches!(live.task.kind, Kind::IperfServer(_)) {
-                        live.ready_by = Some(Instant::now() + SERVER_READY_TIMEOUT);
+                        live.ready_by = Some(Instant::now() + iperf::SERVER_READY_TIMEOUT);
                     }
                     self.live.insert(id.clone(), live);
                     self.probe_servers();
@@ -732,43 +669,11 @@ impl Tasks {
         self.retry_storage();
         self.refresh_view(false);
         let next = if self.live.values().any(|l| l.ready_by.is_some()) {
-            SERVER_PROBE_EVERY
+            iperf::SERVER_PROBE_EVERY
         } else {
             Duration::from_millis(500)
         };
         next.min(collectors_next)
-    }
-
-    /// A server is `running` once its port accepts connections: once a
-    /// socket of its process listens on the port. Looking it up in /proc
-    /// instead of connecting matters: iperf3 takes any connection for a
-    /// test, and a probe would use up a `one_off` server.
-    fn probe_servers(&mut self) {
-        let now = Instant::now();
-        let starting: Vec<(String, i32, u16, Instant)> = self
-            .live
-            .values()
-            .filter_map(|l| match (&l.task.kind, l.process, l.ready_by) {
-                (Kind::IperfServer(s), Some(p), Some(by)) if l.ending.is_none() => {
-                    Some((l.task.id.clone(), p.pid, s.port, by))
-                }
-                _ => None,
-            })
-            .collect();
-        for (id, pid, port, by) in starting {
-            if is_listening(Path::new("/"), pid, port) {
-                if let Some(l) = self.live.get_mut(&id) {
-                    l.ready_by = None;
-                }
-                self.emit_for(&id, State::Running, |u| {
-                    u.pid = Some(pid);
-                    u.result = Some(json!({ "port": port }));
-                });
-            } else if now >= by {
-                log::warn!(task_id = id.as_str(); "iperf3 server {id} did not listen on port {port} within {}s", SERVER_READY_TIMEOUT.as_secs());
-                self.stop_task(&id, Ending::Timeout);
-            }
-        }
     }
 
     /// Section 8: stop every child; the exits arrive through `on_exit`.
@@ -814,331 +719,7 @@ impl Tasks {
         self.refresh_view(true);
     }
 
-    /// Makes one state change durable and sends it on its way.
-    fn emit_for(&mut self, id: &str, state: State, fill: impl FnOnce(&mut Update)) {
-        let Some(mut record) = self.ledger.get(id).cloned() else {
-            log::error!(task_id = id; "state change for task {id}, which the ledger does not know");
-            return;
-        };
-        let mut update = Update::new(id, record.seq + 1, state);
-        fill(&mut update);
-        update.task_id = id.to_string();
-        update.seq = record.seq + 1;
-        update.state = state;
-        if let Some(live) = self.live.get_mut(id) {
-            live.state = state;
-        }
-        if record.origin == Origin::Manager
-            && let Some(outbox) = &self.outbox
-            && let Err(e) = outbox.push(&update)
-        {
-            log::error!(task_id = id; "cannot write update {} of task {id} to the outbox: {e}; it is sent from memory and written once the state directory can be written", update.seq);
-            self.storage_failed(&e);
-        }
-        record.state = state;
-        record.seq = update.seq;
-        record.last = Some(update.clone());
-        if state.is_final() {
-            record.process = None;
-            *self
-                .finished
-                .entry((record.type_name.clone(), state.label().to_string()))
-                .or_insert(0) += 1;
-            log::info!(task_id = id; "task {id} {}{}", state.label(), update.error.as_ref().map(|e| format!(": {} ({})", e.message, e.kind)).unwrap_or_default());
-        }
-        let origin = record.origin;
-        if let Err(e) = self.ledger.put(record) {
-            log::error!(task_id = id; "cannot record task {id} in the ledger: {e}; kept in memory until the state directory can be written");
-            self.storage_failed(&e);
-        }
-        if origin == Origin::Spool {
-            self.write_result(&update);
-        }
-    }
-
-    /// Sends an already-numbered update again (a re-handed-out final task).
-    fn deliver(&mut self, origin: Origin, update: &Update) {
-        match origin {
-            Origin::Manager => {
-                if let Some(outbox) = &self.outbox
-                    && let Err(e) = outbox.push(update)
-                {
-                    log::error!("{e}");
-                    self.storage_failed(&e);
-                }
-            }
-            Origin::Spool => self.write_result(update),
-        }
-    }
-
-    /// `results/<id>.json`: a spool task's latest update.
-    fn result_path(&self, task_id: &str) -> PathBuf {
-        self.results.join(format!("{task_id}.json"))
-    }
-
-    fn write_result_file(&self, update: &Update) -> Result<()> {
-        crate::state::write_json(&self.result_path(&update.task_id), update)
-    }
-
-    fn write_result(&mut self, update: &Update) {
-        match self.write_result_file(update) {
-            Ok(()) => {
-                self.storage.unwritten_results.remove(&update.task_id);
-            }
-            Err(e) => {
-                log::error!(task_id = update.task_id.as_str(); "{e}");
-                self.storage_failed(&e);
-                self.storage
-                    .unwritten_results
-                    .insert(update.task_id.clone(), update.clone());
-            }
-        }
-    }
-
-    /// Notes a write the state directory refused; the first one of a run
-    /// of failures says what it means for the agent.
-    fn storage_failed(&mut self, error: &crate::error::Error) {
-        self.storage.write_errors += 1;
-        if self.storage.fault.is_none() {
-            log::error!(
-                "the state directory {} cannot be written ({error}); no new tasks are taken until it can, and what could not be written is kept in memory and retried every {}s",
-                self.settings.state_dir.display(),
-                STORAGE_RETRY_EVERY.as_secs()
-            );
-            self.storage.fault = Some((error.to_string(), SystemTime::now()));
-            self.storage.last_try = Some(Instant::now());
-            // The claim and spool threads read the fault from the view: at
-            // once, not at the next periodic refresh.
-            self.refresh_view(true);
-        }
-    }
-
-    /// Tries again every write that failed; clears the fault once all of
-    /// them, and a probe file, go through.
-    fn retry_storage(&mut self) {
-        if self.storage.fault.is_none()
-            || self
-                .storage
-                .last_try
-                .is_some_and(|t| t.elapsed() < STORAGE_RETRY_EVERY)
-        {
-            return;
-        }
-        self.storage.last_try = Some(Instant::now());
-        let probe = self.settings.state_dir.join(".storage-probe");
-        let outbox = self.outbox.clone();
-        let attempt = outbox
-            .as_ref()
-            .map_or(Ok(()), |o| o.persist_unwritten())
-            .and_then(|()| self.ledger.repair())
-            .and_then(|()| {
-                let results: Vec<Update> =
-                    self.storage.unwritten_results.values().cloned().collect();
-                for update in results {
-                    self.write_result_file(&update)?;
-                    self.storage.unwritten_results.remove(&update.task_id);
-                }
-                Ok(())
-            })
-            .and_then(|()| crate::state::write_atomic(&probe, b"outpost\n"));
-        let _ = std::fs::remove_file(&probe);
-        match attempt {
-            Ok(()) => {
-                if let Some((_, since)) = self.storage.fault.take() {
-                    let secs = since.elapsed().map_or(0, |d| d.as_secs());
-                    log::info!(
-                        "the state directory {} can be written again (after {secs}s); taking tasks again",
-                        self.settings.state_dir.display()
-                    );
-                }
-                for task in std::mem::take(&mut self.storage.deferred) {
-                    let _ = self.accept(&task, Origin::Manager);
-                }
-                self.refresh_view(true);
-            }
-            Err(e) => {
-                log::debug!("state directory still failing: {e}");
-                if let Some(fault) = &mut self.storage.fault {
-                    fault.0 = e.to_string();
-                }
-            }
-        }
-    }
-
-    /// Publishes reports and counters for the heartbeat, /status and
-    /// /metrics; process usage is read at most once a second.
-    pub fn refresh_view(&mut self, force: bool) {
-        let now = Instant::now();
-        if !force
-            && self
-                .last_view
-                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.last_view = Some(now);
-        let hz = supervisor::ticks_per_second() as f64;
-        let mut reports = Vec::with_capacity(self.live.len());
-        for live in self.live.values_mut() {
-            let mut report = json!({
-                "id": live.task.id,
-                "type": live.task.kind.type_name(),
-                "state": live.state.label(),
-                "started_at": clock::rfc3339(live.started_at),
-                "restarts": live.collector.as_ref().map_or(0, |c| c.restarts),
-            });
-            if let Some(c) = &live.collector {
-                report["name"] = json!(c.name);
-            }
-            if let Some(p) = live.process {
-                report["pid"] = json!(p.pid);
-                // Reading /proc for hundreds of collectors on every event
-                // would cost more than the collectors: a sample is reused
-                // for a few seconds.
-                let fresh = live.usage.filter(|u| now.duration_since(u.1) < USAGE_EVERY);
-                if let Some((_, _, cpu, rss)) = fresh {
-                    report["cpu_percent"] = json!(cpu);
-                    report["rss_bytes"] = json!(rss);
-                } else if let Some((ticks, rss)) = supervisor::usage(Path::new("/"), p.pid) {
-                    let cpu = match live.usage {
-                        Some((last_ticks, at, _, _)) if now > at => {
-                            let secs = now.duration_since(at).as_secs_f64();
-                            (ticks.saturating_sub(last_ticks) as f64 / hz / secs * 100.0 * 10.0)
-                                .round()
-                                / 10.0
-                        }
-                        Some((_, _, cpu, _)) => cpu,
-                        None => 0.0,
-                    };
-                    live.usage = Some((ticks, now, cpu, rss));
-                    report["cpu_percent"] = json!(cpu);
-                    report["rss_bytes"] = json!(rss);
-                }
-            }
-            reports.push(report);
-        }
-        let collectors = self
-            .live
-            .values()
-            .filter(|l| l.ending.is_none())
-            .filter_map(|l| {
-                let run = l.collector.as_ref()?;
-                let (cpu, rss) = l
-                    .usage
-                    .filter(|_| l.process.is_some())
-                    .map_or((0.0, 0), |u| (u.2, u.3));
-                Some((
-                    run.name.clone(),
-                    run.restarts,
-                    l.process.is_some(),
-                    cpu,
-                    rss,
-                ))
-            })
-            .collect();
-        let pending = self.outbox.as_ref().map_or(0, |o| o.len());
-        let full = self.outbox.as_ref().is_some_and(|o| o.is_full());
-        let free = self.free_slots();
-        let mut view = self.telemetry.task_view();
-        view.reports = reports;
-        view.free_slots = free;
-        view.outbox_pending = pending;
-        view.outbox_full = full;
-        view.finished = self.finished.clone();
-        view.collectors = collectors;
-        view.storage_fault = self.storage.fault.clone();
-        view.storage_write_errors = self.storage.write_errors;
-    }
-
     pub fn running_count(&self) -> usize {
         self.live.len()
-    }
-}
-
-/// Stops what an earlier instance left of a task: its recorded process,
-/// and any process whose environment names the task (`OUTPOST_TASK`), which
-/// covers one started in the instant before its pid was recorded.
-fn stop_leftovers(record: &Record, grace: Duration) {
-    if let Some(process) = record.process {
-        stop_orphan(process, grace);
-    }
-    for (pid, start_ticks) in supervisor::find_by_task(Path::new("/"), &record.id) {
-        stop_orphan(ProcessRef { pid, start_ticks }, grace);
-    }
-}
-
-/// Stops a process of an earlier instance if it is still that process:
-/// SIGTERM to its group, SIGKILL after the grace period.
-fn stop_orphan(process: ProcessRef, grace: Duration) {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-    if !supervisor::is_same_process(process.pid, process.start_ticks) {
-        return;
-    }
-    log::info!(
-        "stopping pid {} left by the previous agent instance",
-        process.pid
-    );
-    let group = Pid::from_raw(process.pid);
-    let _ = killpg(group, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && supervisor::is_same_process(process.pid, process.start_ticks)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = killpg(group, Signal::SIGKILL);
-}
-
-/// True when a socket of `pid` is listening on TCP `port` (IPv4 or IPv6),
-/// read from `<root>/proc/net/tcp{,6}` and `<root>/proc/<pid>/fd`.
-pub fn is_listening(root: &Path, pid: i32, port: u16) -> bool {
-    let mut inodes = HashSet::new();
-    for file in ["proc/net/tcp", "proc/net/tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(root.join(file)) {
-            inodes.extend(listening_inodes(&text, port));
-        }
-    }
-    if inodes.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(root.join(format!("proc/{pid}/fd"))) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .ok()
-            .and_then(|target| {
-                let t = target.to_string_lossy().into_owned();
-                t.strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .is_some_and(|inode| inodes.contains(&inode))
-    })
-}
-
-/// Inodes of sockets in state LISTEN (0A) on `port`, from /proc/net/tcp text.
-pub fn listening_inodes(text: &str, port: u16) -> Vec<u64> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local = fields.get(1)?;
-            let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            (local_port == port && *fields.get(3)? == "0A").then(|| fields.get(9)?.parse().ok())?
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_listening_sockets_in_proc_net_tcp() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1451 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1451 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1\n";
-        assert_eq!(listening_inodes(text, 5201), [31337]);
-        assert!(listening_inodes(text, 5202).is_empty());
     }
 }
