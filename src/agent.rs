@@ -89,7 +89,7 @@ pub fn run(config: Config) -> Result<i32> {
     log::debug!("TLS trusts {roots}");
     let supervisor = {
         let events = events.clone();
-        Supervisor::start(move |exit| {
+        Supervisor::start(state.root().to_string_lossy().into_owned(), move |exit| {
             let _ = events.send(Event::ChildExited(exit));
         })
         .map_err(|e| Error::Internal {
@@ -271,6 +271,7 @@ fn main_loop(
                 tasks.refresh_view(true);
             }
             Ok(Event::ChildExited(exit)) => tasks.on_exit(exit),
+            Ok(Event::LeftoversGone { task_id }) => tasks.leftovers_gone(&task_id),
             Ok(Event::ConfigFetched { task_id, result }) => tasks.config_ready(&task_id, result),
             Err(RecvTimeoutError::Timeout) => {}
             // Impossible while `run` holds a sender; stop rather than spin.

@@ -33,17 +33,17 @@ impl Backoff {
         }
     }
 
-    /// The next delay: a server's `Retry-After` wins (capped at the cap, so a
-    /// confused manager cannot park the fleet for a day); otherwise uniform in
-    /// `[0, min(cap, base * 2^attempt)]`.
+    /// The next delay: uniform in `[0, min(cap, base * 2^attempt)]`, and
+    /// never shorter than a server's `Retry-After` (itself capped at the
+    /// cap, so a confused manager cannot park the fleet for a day). A
+    /// `Retry-After` is a floor under the backoff, never a way around it:
+    /// `Retry-After: 0` must not turn retries into a busy loop.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
         let ceiling = BASE.saturating_mul(1u32 << self.attempt.min(16)).min(CAP);
         self.attempt = self.attempt.saturating_add(1);
-        if let Some(wait) = retry_after {
-            return wait.min(CAP);
-        }
         let fraction = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
-        ceiling.mul_f64(fraction)
+        let jittered = ceiling.mul_f64(fraction);
+        jittered.max(retry_after.unwrap_or_default().min(CAP))
     }
 
     /// The delay for an answer that retrying soon will not fix (an unexpected
@@ -87,13 +87,19 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_wins_but_is_capped() {
+    fn retry_after_is_a_capped_floor() {
         let mut b = Backoff::new();
-        assert_eq!(
-            b.next_delay(Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
-        );
+        assert!(b.next_delay(Some(Duration::from_secs(7))) >= Duration::from_secs(7));
         assert_eq!(b.next_delay(Some(Duration::from_secs(3600))), CAP);
+        // A zero floor leaves the growing backoff in charge.
+        b.attempt = 10;
+        let total: Duration = (0..20)
+            .map(|_| {
+                b.attempt = 10;
+                b.next_delay(Some(Duration::ZERO))
+            })
+            .sum();
+        assert!(total > Duration::from_secs(100), "{total:?}");
     }
 
     #[test]

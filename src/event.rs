@@ -27,6 +27,8 @@ pub enum Event {
     },
     /// A child process ended.
     ChildExited(Exit),
+    /// Every process a previous instance left of this task is gone.
+    LeftoversGone { task_id: String },
     /// A collector config download finished.
     ConfigFetched {
         task_id: String,

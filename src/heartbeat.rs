@@ -179,15 +179,22 @@ impl Heartbeat {
         let mut session = self.telemetry.session();
         session.agent_id = Some(answer.agent_id.clone());
         session.registered = true;
-        if let Some(s) = answer.heartbeat_interval_s {
-            session.heartbeat_interval = clamp_seconds(s, 0.2, 300.0);
-        }
-        if let Some(s) = answer.poll_wait_s {
-            session.poll_wait = clamp_seconds(s, 0.0, 120.0);
-        }
-        if let Some(url) = &answer.pushgateway_url {
-            session.pushgateway_url = Some(url.trim_end_matches('/').to_string());
-        }
+        // Each setting lasts until the next registration: one this answer
+        // leaves out goes back to the agent's own configuration.
+        let configured = session.configured.clone();
+        session.heartbeat_interval = answer
+            .heartbeat_interval_s
+            .map_or(configured.heartbeat_interval, |s| {
+                clamp_seconds(s, 0.2, 300.0)
+            });
+        session.poll_wait = answer
+            .poll_wait_s
+            .map_or(configured.poll_wait, |s| clamp_seconds(s, 0.0, 120.0));
+        session.pushgateway_url = match &answer.pushgateway_url {
+            None => configured.pushgateway_url,
+            Some(None) => None,
+            Some(Some(url)) => Some(url.trim_end_matches('/').to_string()),
+        };
     }
 
     fn beat(&self, agent_id: &str, seq: u64) -> Result<(), Failure> {

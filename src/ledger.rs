@@ -24,9 +24,8 @@
 //! memory and the journal stay bounded whatever the tasks return.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -289,9 +288,10 @@ impl Ledger {
         if (self.lines > 2 * self.records.len() + 1024 || self.finished_over_bound())
             && let Err(e) = self.compact()
         {
-            // The journal itself is whole (the rewrite goes through a
-            // temporary file), only longer than it needs to be.
-            log::warn!("{e}; the ledger is compacted later");
+            // The journal on disk is whole (the rewrite goes through a
+            // temporary file); the records are in memory and the next put
+            // or the storage retry rewrites it.
+            log::warn!("{e}; the ledger is rewritten at the next write");
         }
         Ok(())
     }
@@ -327,16 +327,15 @@ impl Ledger {
                 text.push(b'\n');
             }
         }
-        crate::state::write_atomic(&self.path, &text)?;
+        // Whatever happens below, no handle on the old journal survives: a
+        // failed rewrite leaves the ledger with no open journal, so appends
+        // fail loudly (and the rewrite is retried) instead of going to a
+        // file that may no longer be the one at the path.
+        self.file = None;
+        self.rewrite_pending = true;
+        self.file = Some(crate::state::replace(&self.path, &text)?);
         self.rewrite_pending = false;
         self.lines = self.records.len();
-        self.file = Some(
-            OpenOptions::new()
-                .append(true)
-                .mode(0o600)
-                .open(&self.path)
-                .map_err(|e| Error::io("open", &self.path, e))?,
-        );
         Ok(())
     }
 }
@@ -344,6 +343,8 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::MetadataExt;
 
     fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("outpost-ledger-{tag}-{}", std::process::id()));
@@ -421,6 +422,35 @@ mod tests {
         std::fs::remove_dir_all(d.join(".ledger.jsonl.tmp")).unwrap();
         ledger.repair().unwrap();
         assert!(!ledger.needs_rewrite());
+        ledger.put(record("b", State::Accepted)).unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&d).unwrap();
+        assert_eq!(ledger.get("a").unwrap().state, State::Succeeded);
+        assert!(ledger.get("b").is_some());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Regression: compaction renamed the new journal into place and then
+    /// opened it again; had that open failed, appends went on into the old,
+    /// unlinked journal and were lost at the next start (a task could then
+    /// run twice). Now the handle is the new file's own, and a compaction
+    /// that fails leaves no handle at all.
+    #[test]
+    fn compaction_never_leaves_appends_going_to_a_replaced_journal() {
+        let d = dir("compact-handle");
+        let mut ledger = Ledger::open(&d).unwrap();
+        ledger.put(record("a", State::Running)).unwrap();
+        ledger.compact().unwrap();
+        let handle = ledger.file.as_ref().unwrap().metadata().unwrap().ino();
+        let at_path = std::fs::metadata(d.join("ledger.jsonl")).unwrap().ino();
+        assert_eq!(handle, at_path, "appends go to the file at the path");
+        // A compaction that fails half way leaves no journal open.
+        std::fs::create_dir(d.join(".ledger.jsonl.tmp")).unwrap();
+        std::fs::write(d.join(".ledger.jsonl.tmp/x"), b"").unwrap();
+        assert!(ledger.compact().is_err());
+        assert!(ledger.file.is_none() && ledger.needs_rewrite());
+        assert!(ledger.put(record("a", State::Succeeded)).is_err());
+        std::fs::remove_dir_all(d.join(".ledger.jsonl.tmp")).unwrap();
         ledger.put(record("b", State::Accepted)).unwrap();
         drop(ledger);
         let ledger = Ledger::open(&d).unwrap();

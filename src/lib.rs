@@ -41,6 +41,12 @@ use config::Command;
 
 /// Runs the agent as the command line says and returns the exit status.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
+    // Before the key is read: a process that is not dumpable leaves no
+    // core dump (not even through a core_pattern pipe) and its memory and
+    // environment are readable by root only.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("outpost: cannot turn off core dumps: {e}");
+    }
     let inputs = config::Inputs::from_process(args);
     match config::parse(&inputs) {
         Err(e) => {

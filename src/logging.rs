@@ -1,9 +1,13 @@
 //! Log output: plain text, one JSON object a line, or journald-friendly
 //! lines with `<N>` priority prefixes when stderr is the journal.
 //!
-//! The HTTP and TLS crates are held at `info` whatever the level asked for:
-//! at `trace` they would print request headers, and one of those headers is
-//! the agent key.
+//! Invariant: no filter, however it is written, lets another crate log
+//! below `info` (rustls below `warn`). At `debug` and `trace` the HTTP
+//! crates print request headers and hex dumps of whole requests, and one
+//! header is the agent key. env_logger's own directives cannot promise
+//! that (its longest matching directive wins, so `ureq_proto::util=trace`
+//! beats any cap set on `ureq_proto`), so the cap sits in a logger of our
+//! own in front of it, on every record.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -29,13 +33,6 @@ pub fn init(filter: &str, format: LogFormat) {
     };
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(filter);
-    for (module, cap) in [
-        ("ureq", LevelFilter::Info),
-        ("ureq_proto", LevelFilter::Info),
-        ("rustls", LevelFilter::Warn),
-    ] {
-        builder.filter_module(module, cap.min(max_level(filter)));
-    }
     builder.format(move |out, record| match style {
         Style::Text => writeln!(
             out,
@@ -55,23 +52,50 @@ pub fn init(filter: &str, format: LogFormat) {
         Style::Json => writeln!(out, "{}", json_line(record)),
     });
     builder.write_style(env_logger::WriteStyle::Never);
-    let _ = builder.try_init();
+    let inner = builder.build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(Capped { inner })).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
-/// The most verbose level the filter enables anywhere.
-fn max_level(filter: &str) -> LevelFilter {
-    filter
-        .split(',')
-        .map(|d| {
-            d.rsplit('=')
-                .next()
-                .unwrap_or(d)
-                .trim()
-                .parse::<LevelFilter>()
-        })
-        .filter_map(Result::ok)
-        .max()
-        .unwrap_or(LevelFilter::Info)
+/// env_logger behind the cap on other crates' records.
+struct Capped {
+    inner: env_logger::Logger,
+}
+
+impl log::Log for Capped {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        allowed(metadata.target(), metadata.level()) && self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        // A record's module path can differ from its target; both must
+        // pass, so neither a custom target nor a re-export slips through.
+        if allowed(record.target(), record.level())
+            && record
+                .module_path()
+                .is_none_or(|module| allowed(module, record.level()))
+        {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// The most verbose level a record from `target` may have: anything of
+/// outpost's own, `info` for every other crate, `warn` for the TLS stack.
+fn allowed(target: &str, level: Level) -> bool {
+    let crate_name = target.split("::").next().unwrap_or(target);
+    let cap = match crate_name {
+        "outpost" => return true,
+        "rustls" | "webpki" | "rustls_pki_types" | "ring" => LevelFilter::Warn,
+        _ => LevelFilter::Info,
+    };
+    level <= cap
 }
 
 fn syslog_priority(level: Level) -> u8 {
@@ -170,7 +194,11 @@ mod tests {
     fn priorities_and_levels() {
         assert_eq!(syslog_priority(Level::Error), 3);
         assert_eq!(syslog_priority(Level::Info), 6);
-        assert_eq!(max_level("info,outpost::manager=trace"), LevelFilter::Trace);
-        assert_eq!(max_level("warn"), LevelFilter::Warn);
+        assert!(allowed("outpost::manager", Level::Trace));
+        assert!(!allowed("ureq_proto::util", Level::Trace));
+        assert!(!allowed("ureq", Level::Debug));
+        assert!(allowed("ureq", Level::Info));
+        assert!(!allowed("rustls::conn", Level::Info));
+        assert!(!allowed("some_future_crate", Level::Debug));
     }
 }

@@ -108,8 +108,19 @@ pub struct RegisterAnswer {
     pub heartbeat_interval_s: Option<f64>,
     #[serde(default)]
     pub poll_wait_s: Option<f64>,
-    #[serde(default)]
-    pub pushgateway_url: Option<String>,
+    /// Absent: the agent's own setting; `null`: no Pushgateway for this
+    /// registration (section 3.1).
+    #[serde(default, deserialize_with = "present")]
+    pub pushgateway_url: Option<Option<String>>,
+}
+
+/// Tells a field that is present (even as `null`) from one that is absent.
+fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Default, Deserialize)]

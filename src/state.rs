@@ -32,6 +32,14 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync,
 /// rename, fsync of the directory. The file is 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace(path, bytes).map(drop)
+}
+
+/// [`write_atomic`], handing back the new file open for appending. A journal
+/// rewritten this way appends through the very file now at `path`: opened
+/// again after the rename, a failed open would leave it appending to the
+/// file it replaced, unlinked, and every later record would be lost.
+pub fn replace(path: &Path, bytes: &[u8]) -> Result<File> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -41,7 +49,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let result = (|| {
         let _ = fs::remove_file(&tmp);
         let mut file = OpenOptions::new()
-            .write(true)
+            .append(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
@@ -50,7 +58,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .map_err(|e| Error::io("write", &tmp, e))?;
         file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        Ok(file)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

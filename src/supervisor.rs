@@ -31,7 +31,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 /// How much of standard error is kept for `stderr_tail`.
@@ -74,6 +74,10 @@ pub struct Spec {
 
 /// The environment variable naming a child's task.
 pub const TASK_VAR: &str = "OUTPOST_TASK";
+/// The environment variable naming the agent a child belongs to (its state
+/// directory), so that recovery never takes another agent's child on the
+/// same host for its own when both run a task of the same id.
+pub const OWNER_VAR: &str = "OUTPOST_TASK_OWNER";
 
 /// A started child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +177,8 @@ type OnExit = Box<dyn Fn(Exit) + Send>;
 /// Handle to the supervisor thread; cheap to clone.
 #[derive(Clone)]
 pub struct Supervisor {
+    /// Set as [`OWNER_VAR`] beside [`TASK_VAR`].
+    owner: String,
     commands: Sender<Command>,
     wake: Arc<Mutex<File>>,
     running: Arc<Mutex<HashMap<i32, Started>>>,
@@ -181,7 +187,12 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts the watcher thread; `on_exit` is called (on that thread) once
     /// per child with its exit.
-    pub fn start(on_exit: impl Fn(Exit) + Send + 'static) -> std::io::Result<Supervisor> {
+    /// `owner` names this agent in its children's environment (its state
+    /// directory).
+    pub fn start(
+        owner: String,
+        on_exit: impl Fn(Exit) + Send + 'static,
+    ) -> std::io::Result<Supervisor> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let write = File::from(write);
         // SIGCHLD writes a byte to the self-pipe, waking the poll.
@@ -200,6 +211,7 @@ impl Supervisor {
             .stack_size(256 * 1024)
             .spawn(move || watcher.run())?;
         Ok(Supervisor {
+            owner,
             commands,
             wake: Arc::new(Mutex::new(write)),
             running,
@@ -217,7 +229,7 @@ impl Supervisor {
 
     /// Starts `spec` as a new child in its own process group.
     pub fn spawn(&self, spec: &Spec) -> Result<Started, SpawnError> {
-        let prepared = Prepared::new(spec)?;
+        let prepared = Prepared::new(spec, &self.owner)?;
         let os = |what: &'static str| {
             let program = spec.program.clone();
             move |errno: Errno| SpawnError::Os {
@@ -333,7 +345,7 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(spec: &Spec) -> Result<Prepared, SpawnError> {
+    fn new(spec: &Spec, owner: &str) -> Result<Prepared, SpawnError> {
         let not_found = || SpawnError::NotFound {
             program: spec.program.clone(),
         };
@@ -357,6 +369,7 @@ impl Prepared {
         }
         if let Some(id) = &spec.task_id {
             envp.push(cstring(format!("{TASK_VAR}={id}").as_bytes())?);
+            envp.push(cstring(format!("{OWNER_VAR}={owner}").as_bytes())?);
         }
         let argv_ptrs = argv
             .iter()
@@ -471,10 +484,11 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Processes whose environment names `task_id` (see [`Spec::task_id`]),
-/// with their start times.
-pub fn find_by_task(root: &Path, task_id: &str) -> Vec<(i32, u64)> {
+/// Processes whose environment names `task_id` (see [`Spec::task_id`])
+/// and `owner`, with their start times.
+pub fn find_by_task(root: &Path, task_id: &str, owner: &str) -> Vec<(i32, u64)> {
     let needle = format!("{TASK_VAR}={task_id}");
+    let owned = format!("{OWNER_VAR}={owner}");
     let Ok(listing) = std::fs::read_dir(root.join("proc")) else {
         return Vec::new();
     };
@@ -482,8 +496,15 @@ pub fn find_by_task(root: &Path, task_id: &str) -> Vec<(i32, u64)> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read(root.join(format!("proc/{pid}/environ")))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+            std::fs::read(root.join(format!("proc/{pid}/environ"))).is_ok_and(|env| {
+                let mut vars = env.split(|b| *b == 0);
+                let (mut task, mut ours) = (false, false);
+                for var in &mut vars {
+                    task |= var == needle.as_bytes();
+                    ours |= var == owned.as_bytes();
+                }
+                task && ours
+            })
         })
         .filter_map(|pid| Some((pid, start_ticks(root, pid)?)))
         .collect()
@@ -592,7 +613,24 @@ impl Watcher {
 
     fn reap(&mut self) {
         for child in self.children.values_mut().filter(|c| c.status.is_none()) {
-            let status = match waitpid(Pid::from_raw(child.pid), Some(WaitPidFlag::WNOHANG)) {
+            let pid = Pid::from_raw(child.pid);
+            // Looked at without reaping first: while the leader is a zombie
+            // its pid, and so its group id, cannot be reused, so the
+            // SIGKILL below reaches only what the task left in its group.
+            // Reaped first, a new process could take the pid and make it
+            // its group's id before the kill.
+            match waitid(
+                Id::Pid(pid),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            ) {
+                Ok(WaitStatus::StillAlive) => continue,
+                Ok(_) => {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
+                Err(Errno::ECHILD) => {}
+                Err(_) => continue,
+            }
+            let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
                 Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signal(signal as i32),
                 Ok(_) => continue,
@@ -601,10 +639,6 @@ impl Watcher {
                 Err(_) => continue,
             };
             child.status = Some((status, Instant::now()));
-            // Whatever the leader left in its group goes with it: a task
-            // leaves nothing behind. The group id cannot be reused while
-            // members remain, so this reaches only our leftovers.
-            let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
         }
     }
 
@@ -774,7 +808,7 @@ mod tests {
     fn supervisor() -> (Supervisor, Receiver<Exit>) {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
-        let s = Supervisor::start(move |exit| {
+        let s = Supervisor::start("/test/owner".into(), move |exit| {
             let _ = tx.lock().unwrap().send(exit);
         })
         .unwrap();
@@ -828,7 +862,7 @@ mod tests {
             let name = line.split('=').next().unwrap();
             assert!(
                 [
-                    "PATH", "LANG", "HOME", "PWD", "SHLVL", "_", "OLDPWD", TASK_VAR
+                    "PATH", "LANG", "HOME", "PWD", "SHLVL", "_", "OLDPWD", TASK_VAR, OWNER_VAR
                 ]
                 .contains(&name),
                 "unexpected variable {name} in a child's environment"
@@ -872,10 +906,12 @@ mod tests {
         spec.task_id = Some(id.clone());
         let started = s.spawn(&spec).unwrap();
         assert_eq!(
-            find_by_task(Path::new("/"), &id),
+            find_by_task(Path::new("/"), &id, "/test/owner"),
             [(started.pid, started.start_ticks)]
         );
-        assert!(find_by_task(Path::new("/"), "t-nobody").is_empty());
+        assert!(find_by_task(Path::new("/"), "t-nobody", "/test/owner").is_empty());
+        // Another agent's child with the same task id is not ours.
+        assert!(find_by_task(Path::new("/"), &id, "/another/agent").is_empty());
         s.stop(started.pid, Duration::from_secs(1));
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
     }

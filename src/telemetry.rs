@@ -19,6 +19,9 @@ use crate::metrics::Snapshot;
 #[derive(Clone, Debug)]
 pub struct Session {
     pub agent_id: Option<String>,
+    /// The operator's own settings, which a registration answer overrides
+    /// only until the next registration (section 3.1).
+    pub configured: Configured,
     /// Registered with this instance at least once (section 7: `/ready`
     /// stays 200 through later outages).
     pub registered: bool,
@@ -28,6 +31,14 @@ pub struct Session {
     pub last_heartbeat_ok: Option<(Instant, SystemTime)>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
+}
+
+/// The settings a register answer may override, as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Configured {
+    pub heartbeat_interval: Duration,
+    pub poll_wait: Duration,
+    pub pushgateway_url: Option<String>,
 }
 
 /// The threads whose progress the systemd watchdog vouches for.
@@ -139,6 +150,11 @@ impl Telemetry {
             started_at: SystemTime::now(),
             session: Mutex::new(Session {
                 agent_id: None,
+                configured: Configured {
+                    heartbeat_interval,
+                    poll_wait,
+                    pushgateway_url: pushgateway_url.clone(),
+                },
                 registered: false,
                 heartbeat_interval,
                 poll_wait,

@@ -161,9 +161,34 @@ impl Store {
         }
     }
 
+    /// A collector no longer wanted: its config and its logs go with it,
+    /// or they would fill the state directory over the device's life.
     pub fn forget(&self, name: &str) {
         let _ = std::fs::remove_file(self.config_path(name));
         self.drop_previous(name);
+        let log = self.log_path(name);
+        let _ = std::fs::remove_file(&log);
+        let mut rotated = log.into_os_string();
+        rotated.push(".1");
+        let _ = std::fs::remove_file(rotated);
+    }
+
+    /// Removes the logs of every collector not in `wanted` (left by one
+    /// forgotten while the agent was down, or by an older version).
+    pub fn prune_logs(&self, wanted: &BTreeMap<String, Desired>) {
+        let Ok(listing) = std::fs::read_dir(&self.log_dir) else {
+            return;
+        };
+        for entry in listing.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let name = file
+                .strip_suffix(".log.1")
+                .or_else(|| file.strip_suffix(".log"))
+                .unwrap_or(&file);
+            if !wanted.contains_key(name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -661,7 +686,7 @@ impl Tasks {
     }
 
     fn save_desired(&self) {
-        let set: BTreeMap<String, Desired> = self
+        let mut set: BTreeMap<String, Desired> = self
             .collectors
             .iter()
             .filter_map(|(name, id)| {
@@ -676,6 +701,10 @@ impl Tasks {
                 ))
             })
             .collect();
+        // Still wanted while their previous process is being stopped.
+        for (name, desired) in self.awaiting_leftovers.values().flatten() {
+            set.entry(name.clone()).or_insert_with(|| desired.clone());
+        }
         self.store.save(&set);
     }
 
@@ -745,73 +774,87 @@ impl Tasks {
     }
 
     /// After a restart of the agent: every desired collector runs again,
-    /// under the task that owned it; whatever the previous instance left
-    /// running is stopped first, so there is never a duplicate.
+    /// under the task that owned it. One whose previous process is still
+    /// being stopped waits for it (`leftovers_gone`), so there is never a
+    /// duplicate.
     pub(super) fn resume_collectors(&mut self, desired: BTreeMap<String, Desired>) {
+        self.store.prune_logs(&desired);
         for (name, d) in desired {
-            let record = self.ledger.get(&d.task_id).cloned();
-            let Some(record) = record.filter(|r| !r.state.is_final()) else {
-                log::warn!(
-                    "collector {name}: its task {} is gone or final; forgetting it",
-                    d.task_id
-                );
-                self.store.forget(&name);
-                continue;
-            };
-            super::recovery::stop_leftovers(&record, self.settings.stop_grace);
-            self.store.restore_previous(&name);
-            let Some(config) = self.store.read_config(&name) else {
-                log::warn!("collector {name}: its config file is missing; the task fails");
-                self.emit_for(&d.task_id, State::Failed, |u| {
-                    *u = u.clone().with_error(
-                        ErrorKind::AgentRestarted,
-                        "config file missing after a restart",
-                    );
-                });
-                continue;
-            };
-            let task = super::payload::Task {
-                id: d.task_id.clone(),
-                kind: super::payload::Kind::CollectorStart(CollectorStart {
-                    name: name.clone(),
-                    source: ConfigSource::Inline(String::new()),
-                    variables: BTreeMap::new(),
-                    sha256: None,
-                    restart: d.restart,
-                    args: d.args.clone(),
-                }),
-                timeout: None,
-            };
-            let run = Run {
-                config: Some(config),
-                fresh: false,
-                ..Run::new(&name, &d.args, d.restart)
-            };
-            let live = Live {
-                deadline: None,
-                task,
-                state: record.state,
-                accepted_reported: true,
-                accepted: Instant::now(),
-                started_at: std::time::SystemTime::now(),
-                process: None,
-                ending: None,
-                ready_by: None,
-                waiting_for: Default::default(),
-                stopped_count: 0,
-                usage: None,
-                collector: Some(run),
-            };
-            log::info!(task_id = d.task_id.as_str(); "collector {name} starts again after the agent restart");
-            self.live.insert(d.task_id.clone(), live);
-            self.collectors.insert(name, d.task_id.clone());
-            // Said again once it has stayed up (a collector may go
-            // `running` more than once).
-            if let Some(l) = self.live.get_mut(&d.task_id) {
-                l.state = State::Accepted;
+            match self.awaiting_leftovers.get_mut(&d.task_id) {
+                Some(slot) => *slot = Some((name, d)),
+                None => self.resume_collector(name, d),
             }
-            self.launch(&d.task_id);
         }
+    }
+
+    pub(super) fn resume_collector(&mut self, name: String, d: Desired) {
+        let record = self.ledger.get(&d.task_id).cloned();
+        let Some(record) = record.filter(|r| !r.state.is_final()) else {
+            log::warn!(
+                "collector {name}: its task {} is gone or final; forgetting it",
+                d.task_id
+            );
+            self.store.forget(&name);
+            return;
+        };
+        if let Some(owner) = self.collectors.get(&name) {
+            // Taken over while its old process was being stopped.
+            log::info!(task_id = d.task_id.as_str(); "collector {name}: task {owner} took it over during recovery");
+            self.emit_for(&d.task_id, State::Stopped, |_| {});
+            return;
+        }
+        self.store.restore_previous(&name);
+        let Some(config) = self.store.read_config(&name) else {
+            log::warn!("collector {name}: its config file is missing; the task fails");
+            self.emit_for(&d.task_id, State::Failed, |u| {
+                *u = u.clone().with_error(
+                    ErrorKind::AgentRestarted,
+                    "config file missing after a restart",
+                );
+            });
+            return;
+        };
+        let task = super::payload::Task {
+            id: d.task_id.clone(),
+            kind: super::payload::Kind::CollectorStart(CollectorStart {
+                name: name.clone(),
+                source: ConfigSource::Inline(String::new()),
+                variables: BTreeMap::new(),
+                sha256: None,
+                restart: d.restart,
+                args: d.args.clone(),
+            }),
+            timeout: None,
+        };
+        let run = Run {
+            config: Some(config),
+            fresh: false,
+            ..Run::new(&name, &d.args, d.restart)
+        };
+        let live = Live {
+            deadline: None,
+            task,
+            state: record.state,
+            accepted_reported: true,
+            accepted: Instant::now(),
+            started_at: std::time::SystemTime::now(),
+            process: None,
+            ending: None,
+            ready_by: None,
+            waiting_for: Default::default(),
+            stopped_count: 0,
+            usage: None,
+            collector: Some(run),
+        };
+        log::info!(task_id = d.task_id.as_str(); "collector {name} starts again after the agent restart");
+        self.live.insert(d.task_id.clone(), live);
+        self.collectors.insert(name, d.task_id.clone());
+        // Said again once it has stayed up (a collector may go
+        // `running` more than once).
+        if let Some(l) = self.live.get_mut(&d.task_id) {
+            l.state = State::Accepted;
+        }
+        self.launch(&d.task_id);
     }
 }
 

@@ -21,6 +21,8 @@ use crate::update::{State, Update};
 
 /// How often writes that failed are tried again.
 pub const STORAGE_RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often `results/` is checked for files of forgotten tasks.
+pub(super) const PRUNE_RESULTS_EVERY: Duration = Duration::from_secs(600);
 
 /// The state directory refused a write, and since when.
 #[derive(Default)]
@@ -182,6 +184,24 @@ impl Tasks {
                 if let Some(fault) = &mut self.storage.fault {
                     fault.0 = e.to_string();
                 }
+            }
+        }
+    }
+
+    /// Section 7: `results/` keeps only tasks the ledger still remembers;
+    /// the ledger's own bound then bounds the directory.
+    pub(super) fn prune_results(&mut self) {
+        self.results_pruned = Some(Instant::now());
+        let Ok(listing) = std::fs::read_dir(&self.results) else {
+            return;
+        };
+        for entry in listing.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = file.strip_suffix(".json") else {
+                continue;
+            };
+            if self.ledger.get(id).is_none() && !self.storage.unwritten_results.contains_key(id) {
+                let _ = std::fs::remove_file(entry.path());
             }
         }
     }

@@ -114,6 +114,10 @@ pub struct Tasks {
     fetcher: Arc<crate::fetch::Fetcher>,
     events: std::sync::mpsc::Sender<crate::event::Event>,
     storage: Storage,
+    results_pruned: Option<Instant>,
+    /// Tasks whose previous-instance processes are being stopped, with the
+    /// collector to resume once they are gone.
+    awaiting_leftovers: BTreeMap<String, Option<(String, collector::Desired)>>,
 }
 
 impl Live {
@@ -172,6 +176,8 @@ impl Tasks {
             fetcher: Arc::new(fetcher),
             events,
             storage: Storage::default(),
+            results_pruned: None,
+            awaiting_leftovers: BTreeMap::new(),
         };
         if tasks.ledger.needs_rewrite() {
             tasks.storage_failed(&crate::error::Error::io(
@@ -181,6 +187,7 @@ impl Tasks {
             ));
         }
         tasks.recover();
+        tasks.prune_results();
         tasks.refresh_view(true);
         Ok(tasks)
     }
@@ -667,6 +674,12 @@ impl Tasks {
         self.probe_servers();
         let collectors_next = self.tick_collectors();
         self.retry_storage();
+        if self
+            .results_pruned
+            .is_none_or(|t| t.elapsed() >= durable::PRUNE_RESULTS_EVERY)
+        {
+            self.prune_results();
+        }
         self.refresh_view(false);
         let next = if self.live.values().any(|l| l.ready_by.is_some()) {
             iperf::SERVER_PROBE_EVERY

@@ -1,41 +1,63 @@
 //! Section 6.2's "nothing left behind" after a restart: processes of the
-//! previous instance are stopped or taken back, and every task that was
-//! not final reaches a final state (collectors run again).
+//! previous instance are stopped, and every task that was not final
+//! reaches a final state (collectors run again).
+//!
+//! Invariants:
+//! - Leftovers are stopped all at once, against one deadline, on a thread
+//!   of their own: start-up (registration, heartbeats, `/ready`, new tasks)
+//!   never waits for them.
+//! - A task's ledger record stays unfinished until its leftovers are gone,
+//!   so a crash meanwhile finds them again at the next start.
+//! - A process is signalled only while it is verifiably the one recorded
+//!   (pid and start time) or carries this agent's task markers in its
+//!   environment; its group only while it is alive, which keeps the group
+//!   id from being reused under us.
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
 use super::Tasks;
+use crate::event::Event;
 use crate::ledger::{Origin, ProcessRef, Record};
 use crate::supervisor;
 use crate::update::{ErrorKind, State, Update};
 
+/// How long leftovers that ignored SIGKILL (stuck in the kernel) are
+/// waited for before their tasks are settled anyway.
+const AFTER_KILL: Duration = Duration::from_secs(10);
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
 impl Tasks {
-    /// Section 6.2, "nothing left behind": processes of the previous
-    /// instance are stopped (checked by pid and start time, so a reused pid
-    /// is never touched) and their tasks end `failed` with
-    /// `agent_restarted`.
+    /// Finds what the previous instance left, starts stopping it, and
+    /// settles every task whose processes are already gone.
     pub(super) fn recover(&mut self) {
         let desired = self.store.load();
         let kept: HashSet<String> = desired.values().map(|d| d.task_id.clone()).collect();
+        let mut stopping = Vec::new();
         for record in self.ledger.unfinished() {
-            stop_leftovers(&record, self.settings.stop_grace);
-            if kept.contains(&record.id) {
-                continue; // a collector: it runs again below
+            let found = find_leftovers(&record, &self.settings.state_dir);
+            if found.is_empty() {
+                if !kept.contains(&record.id) {
+                    self.cut_off(&record);
+                }
+                continue;
             }
             log::info!(
                 task_id = record.id.as_str();
-                "task {} ({}) was cut off by an agent restart",
-                record.id,
-                record.type_name
+                "stopping {} process(es) of task {} left by the previous agent instance",
+                found.len(),
+                record.id
             );
-            self.emit_for(&record.id, State::Failed, |u| {
-                *u = u.clone().with_error(
-                    ErrorKind::AgentRestarted,
-                    "the agent restarted while the task ran",
-                );
-            });
+            self.awaiting_leftovers.insert(record.id.clone(), None);
+            stopping.push((record.id.clone(), found));
+        }
+        if !stopping.is_empty() {
+            spawn_stopper(stopping, self.settings.stop_grace, self.events.clone());
         }
         // A spool task's result file is written after its ledger record; a
         // crash between the two leaves the file behind, so catch it up.
@@ -57,38 +79,133 @@ impl Tasks {
         }
         self.resume_collectors(desired);
     }
+
+    /// Every process the previous instance left of `task_id` is gone: its
+    /// collector runs again, any other task ends `failed`.
+    pub fn leftovers_gone(&mut self, task_id: &str) {
+        let Some(collector) = self.awaiting_leftovers.remove(task_id) else {
+            return;
+        };
+        match collector {
+            Some((name, desired)) => self.resume_collector(name, desired),
+            None => {
+                if let Some(record) = self.ledger.get(task_id).cloned()
+                    && !record.state.is_final()
+                {
+                    self.cut_off(&record);
+                }
+            }
+        }
+        self.refresh_view(true);
+    }
+
+    fn cut_off(&mut self, record: &Record) {
+        log::info!(
+            task_id = record.id.as_str();
+            "task {} ({}) was cut off by an agent restart",
+            record.id,
+            record.type_name
+        );
+        self.emit_for(&record.id, State::Failed, |u| {
+            *u = u.clone().with_error(
+                ErrorKind::AgentRestarted,
+                "the agent restarted while the task ran",
+            );
+        });
+    }
 }
 
-/// Stops what an earlier instance left of a task: its recorded process,
-/// and any process whose environment names the task (`OUTPOST_TASK`), which
-/// covers one started in the instant before its pid was recorded.
-pub(super) fn stop_leftovers(record: &Record, grace: Duration) {
-    if let Some(process) = record.process {
-        stop_orphan(process, grace);
+/// The live processes an earlier instance left of a task: its recorded
+/// process, and any process whose environment names the task and this
+/// agent (which covers one started in the instant before its pid was
+/// recorded, and descendants that left its process group).
+pub(super) fn find_leftovers(record: &Record, state_dir: &Path) -> Vec<ProcessRef> {
+    let mut found: Vec<ProcessRef> = record
+        .process
+        .filter(|p| supervisor::is_same_process(p.pid, p.start_ticks))
+        .into_iter()
+        .collect();
+    let owner = state_dir.to_string_lossy();
+    for (pid, start_ticks) in supervisor::find_by_task(Path::new("/"), &record.id, &owner) {
+        if !found.iter().any(|p| p.pid == pid) {
+            found.push(ProcessRef { pid, start_ticks });
+        }
     }
-    for (pid, start_ticks) in supervisor::find_by_task(Path::new("/"), &record.id) {
-        stop_orphan(ProcessRef { pid, start_ticks }, grace);
-    }
+    found
 }
 
-/// Stops a process of an earlier instance if it is still that process:
-/// SIGTERM to its group, SIGKILL after the grace period.
-fn stop_orphan(process: ProcessRef, grace: Duration) {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
+/// Signals a leftover and its process group, only while it is verifiably
+/// still that process: a live process keeps its pid, and so a group named
+/// by it, from being reused.
+fn signal(process: ProcessRef, signal: Signal) -> bool {
     if !supervisor::is_same_process(process.pid, process.start_ticks) {
-        return;
+        return false;
     }
-    log::info!(
-        "stopping pid {} left by the previous agent instance",
-        process.pid
-    );
-    let group = Pid::from_raw(process.pid);
-    let _ = killpg(group, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && supervisor::is_same_process(process.pid, process.start_ticks)
+    let pid = Pid::from_raw(process.pid);
+    let _ = killpg(pid, signal);
+    let _ = kill(pid, signal);
+    true
+}
+
+/// Stops every leftover at once: SIGTERM now, SIGKILL to whatever is left
+/// after `grace`, and a `LeftoversGone` event for each task as soon as all
+/// its processes are gone.
+fn spawn_stopper(
+    mut stopping: Vec<(String, Vec<ProcessRef>)>,
+    grace: Duration,
+    events: Sender<Event>,
+) {
+    let body = move || {
+        for (_, processes) in &stopping {
+            for p in processes {
+                signal(*p, Signal::SIGTERM);
+            }
+        }
+        let kill_at = Instant::now() + grace;
+        let mut killed = false;
+        loop {
+            stopping.retain(|(task_id, processes)| {
+                let alive = processes
+                    .iter()
+                    .any(|p| supervisor::is_same_process(p.pid, p.start_ticks));
+                if !alive {
+                    let _ = events.send(Event::LeftoversGone {
+                        task_id: task_id.clone(),
+                    });
+                }
+                alive
+            });
+            if stopping.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            if !killed && now >= kill_at {
+                for (_, processes) in &stopping {
+                    for p in processes {
+                        if signal(*p, Signal::SIGKILL) {
+                            log::warn!("pid {} ignored SIGTERM; killed", p.pid);
+                        }
+                    }
+                }
+                killed = true;
+            }
+            if killed && now >= kill_at + AFTER_KILL {
+                for (task_id, _) in stopping.drain(..) {
+                    log::error!(task_id = task_id.as_str(); "task {task_id}: a process of the previous instance survives SIGKILL; settling the task anyway");
+                    let _ = events.send(Event::LeftoversGone { task_id });
+                }
+                return;
+            }
+            // A short-lived helper, bounded by grace + AFTER_KILL; no
+            // worker waits on it.
+            std::thread::sleep(POLL_EVERY);
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("leftovers".into())
+        .stack_size(64 * 1024)
+        .spawn(body)
     {
-        std::thread::sleep(Duration::from_millis(20));
+        log::error!("cannot start the thread that stops leftovers: {e}");
     }
-    let _ = killpg(group, Signal::SIGKILL);
 }
