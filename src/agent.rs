@@ -48,6 +48,9 @@ impl Threads {
 
 pub fn run(config: Config) -> Result<i32> {
     let started = Instant::now();
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
     let notifier = Notifier::from_env();
     let state = StateDir::open(&config.state_dir)?;
     crate::spool::prepare(state.root())?;
@@ -101,9 +104,11 @@ pub fn run(config: Config) -> Result<i32> {
         Some(_) => Some(Arc::new(Outbox::open(state.root())?)),
         None => None,
     };
+    let iperf3_version = crate::supervisor::iperf3_version(&config.iperf3);
     let mut tasks = Tasks::open(
         Settings {
             iperf3: config.iperf3.clone(),
+            iperf3_version: iperf3_version.clone(),
             stop_grace: config.stop_grace,
             max_tasks: config.max_tasks,
             state_dir: state.root().to_path_buf(),
@@ -147,7 +152,7 @@ pub fn run(config: Config) -> Result<i32> {
                 state: StateDir::open(&config.state_dir)?,
                 events: events.clone(),
                 stop: stop.clone(),
-                capabilities: capabilities_of(&config),
+                capabilities: capabilities_of(&config, iperf3_version.clone()),
             };
             threads.spawn("heartbeat", move || heartbeat.run())?;
             let (m, t, e, s) = (
@@ -403,28 +408,14 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<
 }
 
 /// What this agent can do, as register announces it.
-fn capabilities_of(config: &Config) -> Capabilities {
+fn capabilities_of(config: &Config, iperf3_version: Option<String>) -> Capabilities {
     Capabilities {
         task_types: crate::tasks::payload::TYPES.to_vec(),
-        iperf3_version: iperf3_version(&config.iperf3),
+        iperf3_version,
         collector_available: config
             .collector_cmd
             .first()
             .is_some_and(|p| crate::supervisor::resolve_program(p).is_some()),
         max_concurrent_tasks: config.max_tasks,
     }
-}
-
-/// `iperf3 --version`'s number, or `None` when iperf3 cannot be run.
-fn iperf3_version(program: &str) -> Option<String> {
-    let path = crate::supervisor::resolve_program(program)?;
-    let out = std::process::Command::new(path)
-        .arg("--version")
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "iperf 3.12 (cJSON 1.7.15)"
-    text.split_whitespace().nth(1).map(str::to_string)
 }

@@ -48,6 +48,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where each setting's value came from, for `--check-config`.
     pub sources: BTreeMap<&'static str, Source>,
+    /// Valid but risky choices, said by `--check-config` and at start.
+    pub warnings: Vec<String>,
 }
 
 /// What the command line asks the process to do.
@@ -368,10 +370,41 @@ fn resolve(raw: &Raw) -> Result<Config> {
     let manager_url = take("OUTPOST_MANAGER_URL")
         .map(|v| parse_url("OUTPOST_MANAGER_URL", &v))
         .transpose()?;
+    let mut warnings = Vec::new();
     let agent_name = match take("OUTPOST_AGENT_NAME") {
         Some(name) => check_name(&name)?,
-        None => crate::sysinfo::hostname(Path::new("/")),
+        None => {
+            let hostname = crate::sysinfo::hostname(Path::new("/"));
+            match check_name(&hostname) {
+                Ok(name) => name,
+                // A manager would refuse the name at every registration:
+                // say so now, where the operator can fix it.
+                Err(_) if manager_url.is_some() => {
+                    return Err(Error::config(
+                        "OUTPOST_AGENT_NAME",
+                        format!(
+                            "not set, and the hostname {:?} breaks the name rule (1-128 characters of A-Z a-z 0-9 . _ : -); set OUTPOST_AGENT_NAME",
+                            crate::ids::escape_for_log(&hostname)
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    warnings.push(format!(
+                        "the hostname {:?} breaks the agent name rule; set OUTPOST_AGENT_NAME before adding a manager",
+                        crate::ids::escape_for_log(&hostname)
+                    ));
+                    hostname
+                }
+            }
+        }
     };
+    if let Some(url) = &manager_url
+        && url.starts_with("http://")
+    {
+        warnings.push(format!(
+            "OUTPOST_MANAGER_URL {url} is http://: the agent key and every task travel in clear text; use https://"
+        ));
+    }
     let inline_key = take("OUTPOST_AGENT_KEY");
     let agent_key_file = take("OUTPOST_AGENT_KEY_FILE").map(PathBuf::from);
     // The systemd unit always names a key file, which install.sh creates
@@ -520,6 +553,7 @@ fn resolve(raw: &Raw) -> Result<Config> {
         log_level,
         log_format,
         sources,
+        warnings,
     };
     // Loading the PEM files here, not at the first request, turns a typo in
     // a path into exit 78 at start rather than endless retries.
@@ -775,6 +809,9 @@ impl Config {
         for (name, value) in rows {
             let source = self.sources.get(name).copied().unwrap_or(Source::Default);
             out.push_str(&format!("{name}={value}  ({source})\n"));
+        }
+        for warning in &self.warnings {
+            out.push_str(&format!("warning: {warning}\n"));
         }
         out
     }

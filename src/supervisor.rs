@@ -484,6 +484,22 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `iperf3 --version`'s number, or `None` when iperf3 cannot be run. The
+/// one program the agent runs for itself, once at start, to know which
+/// options its iperf3 takes.
+pub fn iperf3_version(program: &str) -> Option<String> {
+    let path = resolve_program(program)?;
+    let out = std::process::Command::new(path)
+        .arg("--version")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "iperf 3.12 (cJSON 1.7.15)"
+    text.split_whitespace().nth(1).map(str::to_string)
+}
+
 /// Processes whose environment names `task_id` (see [`Spec::task_id`])
 /// and `owner`, with their start times.
 pub fn find_by_task(root: &Path, task_id: &str, owner: &str) -> Vec<(i32, u64)> {

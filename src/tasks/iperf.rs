@@ -20,8 +20,22 @@ use crate::update::{ErrorKind, State};
 /// taking the device's memory.
 pub const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
-pub fn server_args(s: &IperfServer) -> Vec<String> {
+/// How long a server's test may go without data received, or without its
+/// sent data acknowledged, before iperf3 gives the test up. Without it a
+/// client that vanishes mid-test (a frozen or unplugged host) leaves the
+/// server "busy running a test" for good: reverse tests never time out on
+/// their own (iperf3 issue 1997). Long enough for any real test's gaps.
+pub const SERVER_STALL: Duration = Duration::from_secs(30);
+
+/// `stall_guard`: the iperf3 in use knows `--rcv-timeout` and
+/// `--snd-timeout` (3.11 and later); older ones refuse them.
+pub fn server_args(s: &IperfServer, stall_guard: bool) -> Vec<String> {
     let mut args = vec!["-s".to_string(), "-p".into(), s.port.to_string()];
+    if stall_guard {
+        let millis = SERVER_STALL.as_millis().to_string();
+        args.extend(["--rcv-timeout".into(), millis.clone()]);
+        args.extend(["--snd-timeout".into(), millis]);
+    }
     if let Some(bind) = s.bind {
         args.push("-B".into());
         args.push(bind.to_string());
@@ -30,6 +44,18 @@ pub fn server_args(s: &IperfServer) -> Vec<String> {
         args.push("-1".into());
     }
     args
+}
+
+/// iperf3 3.11 brought `--rcv-timeout` and `--snd-timeout`.
+pub fn knows_stall_timeouts(version: Option<&str>) -> bool {
+    let Some(version) = version else {
+        return false;
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (3, 11),
+        _ => false,
+    }
 }
 
 pub fn client_args(c: &IperfClient) -> Vec<String> {
@@ -288,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn client_argv_keeps_values_apart_from_options() {
+    fn client_argv_keeps_values_apart_from_options() {
         let c = IperfClient {
             server: "10.0.0.2".into(),
             port: 5202,
@@ -314,13 +340,17 @@ mod tests {
             one_off: true,
         };
         assert_eq!(
-            server_args(&s),
+            server_args(&s, false),
             ["-s", "-p", "5300", "-B", "127.0.0.1", "-1"]
+        );
+        assert_eq!(
+            server_args(&s, true)[3..7],
+            ["--rcv-timeout", "30000", "--snd-timeout", "30000"]
         );
     }
 
     #[test]
-    pub(super) fn picks_the_error_line() {
+    fn picks_the_error_line() {
         let tail = "iperf3: error - unable to start listener for connections: Address already in use\niperf3: exiting\n";
         assert!(last_error_line(tail).ends_with("Address already in use"));
         assert_eq!(last_error_line("just this\n\n"), "just this");
@@ -328,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn tcp_summary_from_a_real_run() {
+    fn tcp_summary_from_a_real_run() {
         let Outcome::Succeeded(result) =
             client_outcome(Some(0), &fixture("tcp-3.12.json"), false, "")
         else {
@@ -343,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn udp_summary_from_a_real_run() {
+    fn udp_summary_from_a_real_run() {
         let Outcome::Succeeded(result) =
             client_outcome(Some(0), &fixture("udp-3.12.json"), false, "")
         else {
@@ -357,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn a_refused_connection_fails_with_iperf3s_words_despite_exit_0() {
+    fn a_refused_connection_fails_with_iperf3s_words_despite_exit_0() {
         assert_eq!(
             client_outcome(Some(0), &fixture("refused-3.12.json"), false, ""),
             Outcome::Failed(
@@ -383,9 +413,20 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn finds_listening_sockets_in_proc_net_tcp() {
+    fn finds_listening_sockets_in_proc_net_tcp() {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1451 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1451 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1\n";
         assert_eq!(listening_inodes(text, 5201), [31337]);
         assert!(listening_inodes(text, 5202).is_empty());
+    }
+
+    #[test]
+    fn stall_guard_needs_3_11() {
+        assert!(!knows_stall_timeouts(Some("3.9")));
+        assert!(!knows_stall_timeouts(Some("3.10.1")));
+        assert!(knows_stall_timeouts(Some("3.11")));
+        assert!(knows_stall_timeouts(Some("3.12")));
+        assert!(knows_stall_timeouts(Some("4.0")));
+        assert!(!knows_stall_timeouts(None));
+        assert!(!knows_stall_timeouts(Some("garbage")));
     }
 }

@@ -57,6 +57,8 @@ pub enum Intake {
 
 pub struct Settings {
     pub iperf3: String,
+    /// `iperf3 --version`'s number, when iperf3 can be run.
+    pub iperf3_version: Option<String>,
     pub stop_grace: Duration,
     pub max_tasks: u32,
     pub state_dir: PathBuf,
@@ -376,7 +378,10 @@ impl Tasks {
             collector: None,
         };
         let spec = match &live.task.kind {
-            Kind::IperfServer(server) => Some(iperf::server_args(server)),
+            Kind::IperfServer(server) => Some(iperf::server_args(
+                server,
+                iperf::knows_stall_timeouts(self.settings.iperf3_version.as_deref()),
+            )),
             Kind::IperfClient(client) => Some(iperf::client_args(client)),
             _ => None,
         };
