@@ -489,14 +489,14 @@ fn a_vanished_iperf3_client_does_not_leave_the_server_busy() {
         "payload": {"port": port}}));
     manager.wait_state("busy-srv", "running", 10 * SECOND);
     let mut frozen = Command::new("iperf3")
-        .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", "5", "-R"])
+        .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", "120", "-R"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let frozen_pid = Pid::from_raw(frozen.id() as i32);
     eventually("the reverse test under way", 10 * SECOND, || {
-        common::processes_matching(&format!("-p {port} -t 5 -R")).len() == 1
+        common::processes_matching(&format!("-p {port} -t 120 -R")).len() == 1
     });
     std::thread::sleep(SECOND);
     kill(frozen_pid, Signal::SIGSTOP).unwrap();
