@@ -125,6 +125,7 @@ pub fn run(config: Config) -> Result<i32> {
                 allow_http: config.allow_http_config,
                 allow_link_local: config.allow_link_local_config,
             },
+            config.proxy.clone(),
         ),
         events.clone(),
     )?;
@@ -186,7 +187,8 @@ pub fn run(config: Config) -> Result<i32> {
     }
     {
         let (t, s) = (telemetry.clone(), stop.clone());
-        threads.spawn("push", move || crate::pushgateway::run(t, tls, s))?;
+        let proxy = config.proxy.clone();
+        threads.spawn("push", move || crate::pushgateway::run(t, tls, proxy, s))?;
     }
     log::debug!("started in {:?}", started.elapsed());
     if config.manager_url.is_none() {

@@ -50,6 +50,8 @@ pub struct Config {
     pub sources: BTreeMap<&'static str, Source>,
     /// Valid but risky choices, said by `--check-config` and at start.
     pub warnings: Vec<String>,
+    /// How each outbound connection reaches its host.
+    pub proxy: crate::proxy::ProxyRule,
 }
 
 /// What the command line asks the process to do.
@@ -215,6 +217,13 @@ const SETTINGS: &[Setting] = &[
         flag: Some("--log-format"),
         default: "text",
         meaning: "text or json (one JSON object a line)",
+    },
+    Setting {
+        var: "OUTPOST_PROXY",
+        // It can hold credentials: never on the command line.
+        flag: None,
+        default: "from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and NO_PROXY",
+        meaning: "http://[user:pass@]host:port for every outbound connection, or none",
     },
 ];
 
@@ -528,6 +537,13 @@ fn resolve(raw: &Raw) -> Result<Config> {
         }
     };
 
+    let outpost_proxy = take("OUTPOST_PROXY");
+    // The standard variables come from the same places as the settings
+    // (the environment, else the env file), so agent.env can hold them.
+    let proxy = crate::proxy::ProxyRule::from_settings(outpost_proxy.as_deref(), |name| {
+        raw.get(name).map(|(value, _)| value)
+    })?;
+
     let config = Config {
         manager_url,
         agent_name,
@@ -554,6 +570,7 @@ fn resolve(raw: &Raw) -> Result<Config> {
         log_format,
         sources,
         warnings,
+        proxy,
     };
     // Loading the PEM files here, not at the first request, turns a typo in
     // a path into exit 78 at start rather than endless retries.
@@ -804,16 +821,40 @@ impl Config {
                     LogFormat::Json => "json".into(),
                 },
             ),
+            ("OUTPOST_PROXY", self.proxy.describe()),
         ];
         let mut out = String::new();
         for (name, value) in rows {
             let source = self.sources.get(name).copied().unwrap_or(Source::Default);
             out.push_str(&format!("{name}={value}  ({source})\n"));
         }
+        for (link, route) in self.proxy_routes() {
+            out.push_str(&format!("proxy for {link}: {route}\n"));
+        }
         for warning in &self.warnings {
             out.push_str(&format!("warning: {warning}\n"));
         }
         out
+    }
+
+    /// How the manager and the Pushgateway are reached, and downloads
+    /// (per URL: an `https://` example stands for them).
+    pub fn proxy_routes(&self) -> Vec<(&'static str, String)> {
+        let mut routes = Vec::new();
+        if let Some(url) = &self.manager_url {
+            routes.push(("the manager", self.proxy.route(url).to_string()));
+        }
+        if let Some(url) = &self.pushgateway_url {
+            routes.push(("the Pushgateway", self.proxy.route(url).to_string()));
+        }
+        routes.push((
+            "downloads",
+            format!(
+                "per URL, NO_PROXY applied to each host; an https:// one goes {}",
+                self.proxy.route("https://download.invalid/")
+            ),
+        ));
+        routes
     }
 
     pub fn manager_less(&self) -> bool {

@@ -11,6 +11,12 @@
 //! to whoever asks from inside. So link-local addresses (169.254.0.0/16 and
 //! fe80::/10) are refused unless `OUTPOST_ALLOW_LINK_LOCAL_CONFIG`: an IP
 //! literal when the task is checked, a name when it resolves, on every hop.
+//!
+//! Downloads follow the agent's one proxy rule (`proxy.rs`), chosen for
+//! each hop. Through a proxy the proxy resolves the name, so the agent
+//! resolves it first itself: a name that resolves here only to link-local
+//! addresses is refused all the same (one this device cannot resolve is
+//! left to the proxy, whose own network it is then).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -39,6 +45,7 @@ pub struct UrlPolicy {
 pub struct Fetcher {
     agent: ureq::Agent,
     policy: UrlPolicy,
+    proxy: crate::proxy::ProxyRule,
 }
 
 /// Link-local: where cloud metadata services answer, and nothing a config
@@ -93,7 +100,11 @@ impl Resolver for GuardedResolver {
 }
 
 impl Fetcher {
-    pub fn new(tls: ureq::tls::TlsConfig, policy: UrlPolicy) -> Fetcher {
+    pub fn new(
+        tls: ureq::tls::TlsConfig,
+        policy: UrlPolicy,
+        proxy: crate::proxy::ProxyRule,
+    ) -> Fetcher {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -102,8 +113,8 @@ impl Fetcher {
             .timeout_global(Some(TOTAL_TIMEOUT))
             .tls_config(tls)
             .user_agent(format!("outpost/{}", env!("CARGO_PKG_VERSION")))
-            // The config host may be anyone's: no proxy from the
-            // environment either, so the resolver's check is the last word.
+            // Chosen per hop by the agent's own rule, never read by ureq
+            // from the environment.
             .proxy(None)
             .build();
         let resolver = GuardedResolver {
@@ -111,7 +122,11 @@ impl Fetcher {
             allow_link_local: policy.allow_link_local,
         };
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
-        Fetcher { agent, policy }
+        Fetcher {
+            agent,
+            policy,
+            proxy,
+        }
     }
 
     /// Whether `url` may be fetched at all (checked before a task runs).
@@ -123,11 +138,23 @@ impl Fetcher {
         let mut current = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
             check_url(&current, self.policy).map_err(FetchError)?;
+            let via = match self.proxy.route(&current) {
+                crate::proxy::Route::Via(p) => {
+                    if !self.policy.allow_link_local {
+                        refuse_link_local_name(&current).map_err(FetchError)?;
+                    }
+                    format!(" (through proxy {p})")
+                }
+                _ => String::new(),
+            };
             let mut response = self
                 .agent
                 .get(&current)
+                .config()
+                .proxy(self.proxy.for_url(&current))
+                .build()
                 .call()
-                .map_err(|e| FetchError(format!("GET {current}: {e}")))?;
+                .map_err(|e| FetchError(format!("GET {current}: {e}{via}")))?;
             let status = response.status().as_u16();
             if (300..400).contains(&status) {
                 let location = response
@@ -165,6 +192,39 @@ impl Fetcher {
             "GET {url}: more than {MAX_REDIRECTS} redirects"
         )))
     }
+}
+
+/// Before a proxied request: the URL's name resolved here, and refused if
+/// every address it has is link-local. A name that does not resolve here
+/// passes (the proxy resolves it).
+fn refuse_link_local_name(url: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let target = if authority.starts_with('[')
+        || authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:443")
+    };
+    let Ok(addresses) = target.to_socket_addrs() else {
+        return Ok(());
+    };
+    let ips: Vec<IpAddr> = addresses.map(|a| a.ip()).collect();
+    if !ips.is_empty() && ips.iter().all(|ip| is_link_local(*ip)) {
+        return Err(format!(
+            "{authority} resolves only to link-local addresses ({}), refused (OUTPOST_ALLOW_LINK_LOCAL_CONFIG)",
+            ips.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(())
 }
 
 pub fn check_url(url: &str, policy: UrlPolicy) -> Result<(), String> {
@@ -288,7 +348,11 @@ mod tests {
     fn a_name_that_resolves_to_link_local_is_refused_on_connect() {
         // A numeric host the URL check does not read as an address, but the
         // resolver does: 2852039166 is 169.254.169.254.
-        let fetcher = Fetcher::new(ureq::tls::TlsConfig::default(), HTTP);
+        let fetcher = Fetcher::new(
+            ureq::tls::TlsConfig::default(),
+            HTTP,
+            crate::proxy::ProxyRule::default(),
+        );
         let err = fetcher.fetch("http://2852039166/latest/").unwrap_err();
         assert!(err.0.contains("link-local"), "{err:?}");
     }

@@ -22,6 +22,7 @@ pub mod manager;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod proxy;
 pub mod pushgateway;
 pub mod secret;
 pub mod sha256;

@@ -137,6 +137,9 @@ pub struct Manager {
     name: String,
     key: Secret,
     user_agent: String,
+    /// ` (through proxy http://user:***@host:port)`, or empty: said in
+    /// every connection error, so a proxy at fault is named.
+    via: String,
 }
 
 impl Manager {
@@ -160,9 +163,17 @@ impl Manager {
             .max_redirects_will_error(false)
             .tls_config(tls)
             .user_agent(format!("outpost/{}", env!("CARGO_PKG_VERSION")))
+            // Always set: left unset, ureq would read the environment
+            // itself, past OUTPOST_PROXY and NO_PROXY's CIDR entries.
+            .proxy(config.proxy.for_url(&base))
             .build()
             .new_agent();
+        let via = match config.proxy.route(&base) {
+            crate::proxy::Route::Via(proxy) => format!(" (through proxy {proxy})"),
+            _ => String::new(),
+        };
         Ok(Manager {
+            via,
             agent,
             base,
             name: config.agent_name.clone(),
@@ -308,9 +319,10 @@ impl Manager {
         let mut response = request.send(&json[..]).map_err(|e| Failure::Transient {
             retry_after: None,
             detail: format!(
-                "{} request to {url} failed: {}",
+                "{} request to {url} failed: {}{}",
                 endpoint.label(),
-                describe(&e)
+                describe(&e),
+                self.via
             ),
         })?;
         let status = response.status().as_u16();

@@ -24,13 +24,19 @@ pub fn push_url(base: &str, name: &str) -> String {
     )
 }
 
-pub fn run(telemetry: Arc<Telemetry>, tls: ureq::tls::TlsConfig, stop: Stop) {
+pub fn run(
+    telemetry: Arc<Telemetry>,
+    tls: ureq::tls::TlsConfig,
+    proxy: crate::proxy::ProxyRule,
+    stop: Stop,
+) {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(TIMEOUT))
         .max_redirects(0)
         .tls_config(tls)
         .user_agent(format!("outpost/{}", env!("CARGO_PKG_VERSION")))
+        .proxy(None)
         .build()
         .new_agent();
     let mut failing = false;
@@ -43,11 +49,21 @@ pub fn run(telemetry: Arc<Telemetry>, tls: ureq::tls::TlsConfig, stop: Stop) {
         if let Some(base) = url {
             let url = push_url(&base, &telemetry.name);
             let body = telemetry.render_metrics();
+            // The URL can change at each registration: the proxy is chosen
+            // for each push.
+            let route = proxy.route(&url);
+            let via = match &route {
+                crate::proxy::Route::Via(p) => format!(" (through proxy {p})"),
+                _ => String::new(),
+            };
             let outcome = agent
                 .put(&url)
                 .header("Content-Type", "text/plain; version=0.0.4")
+                .config()
+                .proxy(proxy.for_url(&url))
+                .build()
                 .send(body.as_bytes())
-                .map_err(|e| e.to_string())
+                .map_err(|e| format!("{e}{via}"))
                 .and_then(|mut r| {
                     let status = r.status().as_u16();
                     if (200..300).contains(&status) {
