@@ -65,6 +65,7 @@ pub fn run(config: Config) -> Result<i32> {
         config.poll_wait,
         config.pushgateway_url.clone(),
     ));
+    let _ = telemetry.proxy.set(config.proxy.clone());
     // Intake (claims, spool) stops first at shutdown; the rest after the
     // outbox had its chance to drain.
     let stop_intake = Stop::new();

@@ -416,7 +416,10 @@ fn loggable(body: &[u8]) -> String {
 fn describe(e: &ureq::Error) -> String {
     match e {
         ureq::Error::BodyExceedsLimit(limit) => format!("answer larger than {limit} bytes"),
-        other => other.to_string(),
+        other => match crate::proxy::explain(other) {
+            Some(meaning) => format!("{other}: {meaning}"),
+            None => other.to_string(),
+        },
     }
 }
 

@@ -323,6 +323,22 @@ impl ProxyRule {
     }
 }
 
+/// What a proxy's refusal means, for the error line of a link that went
+/// through one.
+pub fn explain(error: &ureq::Error) -> Option<&'static str> {
+    match error {
+        ureq::Error::ConnectProxyFailed(reason)
+            if reason.contains(" 407") || reason.contains(" 401") =>
+        {
+            Some(
+                "the proxy wants other credentials: http://user:pass@host:port in OUTPOST_PROXY or the proxy variable",
+            )
+        }
+        ureq::Error::ConnectProxyFailed(_) => Some("the proxy refused the tunnel"),
+        _ => None,
+    }
+}
+
 /// `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6 address.
 fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
     if let Some(rest) = text.strip_prefix('[') {

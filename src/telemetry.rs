@@ -83,6 +83,8 @@ pub struct Telemetry {
     pub started: Instant,
     pub started_at: SystemTime,
     session: Mutex<Session>,
+    /// The proxy rule, set once at start, for `/status`.
+    pub proxy: std::sync::OnceLock<crate::proxy::ProxyRule>,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     pub heartbeats_sent: AtomicU64,
     pub heartbeats_failed: AtomicU64,
@@ -163,6 +165,7 @@ impl Telemetry {
                 last_error: None,
                 consecutive_failures: 0,
             }),
+            proxy: std::sync::OnceLock::new(),
             snapshot: Mutex::new(None),
             heartbeats_sent: AtomicU64::new(0),
             heartbeats_failed: AtomicU64::new(0),
@@ -305,6 +308,11 @@ impl Telemetry {
                 "full": view.outbox_full,
                 "delivered": self.updates_delivered.load(Ordering::Relaxed),
             },
+            "proxy": self.proxy.get().map(|rule| serde_json::json!({
+                "manager": self.manager_url.as_deref().map(|u| rule.route(u).to_string()),
+                "pushgateway": session.pushgateway_url.as_deref().map(|u| rule.route(u).to_string()),
+                "downloads": format!("per URL; an https:// one goes {}", rule.route("https://download.invalid/")),
+            })),
             "storage": {
                 "ok": view.storage_fault.is_none(),
                 "error": view.storage_fault.as_ref().map(|(e, _)| e),

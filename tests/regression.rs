@@ -489,7 +489,15 @@ fn a_vanished_iperf3_client_does_not_leave_the_server_busy() {
         "payload": {"port": port}}));
     manager.wait_state("busy-srv", "running", 10 * SECOND);
     let mut frozen = Command::new("iperf3")
-        .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", "120", "-R"])
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "120",
+            "-R",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
