@@ -420,5 +420,6 @@ fn capabilities_of(config: &Config, iperf3_version: Option<String>) -> Capabilit
             .first()
             .is_some_and(|p| crate::supervisor::resolve_program(p).is_some()),
         max_concurrent_tasks: config.max_tasks,
+        cgroups: false,
     }
 }

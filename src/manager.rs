@@ -99,6 +99,8 @@ pub struct Capabilities {
     pub iperf3_version: Option<String>,
     pub collector_available: bool,
     pub max_concurrent_tasks: u32,
+    /// Section 4.2: tasks run in cgroups of their own, and `limits` work.
+    pub cgroups: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -54,6 +54,7 @@ pub enum ErrorKind {
     InvalidOutput,
     OutputTooLarge,
     Iperf3Error,
+    LimitsUnavailable,
 }
 
 impl ErrorKind {
@@ -74,6 +75,7 @@ impl ErrorKind {
             ErrorKind::InvalidOutput => "invalid_output",
             ErrorKind::OutputTooLarge => "output_too_large",
             ErrorKind::Iperf3Error => "iperf3_error",
+            ErrorKind::LimitsUnavailable => "limits_unavailable",
         }
     }
 }

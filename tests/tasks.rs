@@ -514,3 +514,52 @@ fn spool_mode_without_a_manager() {
     });
     assert_eq!(agent.output().matches("task sp-1 succeeded").count(), 1);
 }
+
+/// Section 4.2: where no delegated cgroup v2 subtree exists (this
+/// machine's cgroups are v1, in a container), a task that asks for limits
+/// is never run without them, and register says so.
+#[test]
+fn limits_are_rejected_where_they_cannot_be_enforced() {
+    let manager = FakeManager::start();
+    let _agent = Agent::with_manager(&manager, &[]);
+    let register = manager.wait_for("register", 10 * SECOND, |seen| {
+        seen.iter().any(|s| s.path == "/v1/agent/register")
+    });
+    let body = &register
+        .iter()
+        .find(|s| s.path == "/v1/agent/register")
+        .unwrap()
+        .body;
+    assert_eq!(body["capabilities"]["cgroups"], false, "{body}");
+    let port = free_port();
+    manager.hand_out(json!({"id": "lim-srv", "type": "iperf_server_start",
+        "payload": {"port": port, "limits": {"memory_max_bytes": 67108864}}}));
+    manager.hand_out(json!({"id": "lim-bad", "type": "iperf_client_run",
+        "payload": {"server": "127.0.0.1", "limits": {"memory_max_bytes": 1000}}}));
+    manager.hand_out(json!({"id": "lim-cpu", "type": "collector_start",
+        "payload": {"name": "lim", "config": "x", "limits": {"cpu_max_percent": 0}}}));
+    let rejected = manager.wait_state("lim-srv", "rejected", 10 * SECOND);
+    assert_eq!(
+        rejected["error"]["kind"], "limits_unavailable",
+        "{rejected}"
+    );
+    let bad = manager.wait_state("lim-bad", "rejected", 10 * SECOND);
+    assert_eq!(bad["error"]["kind"], "invalid_payload", "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("limits.memory_max_bytes: 1000"),
+        "{bad}"
+    );
+    let cpu = manager.wait_state("lim-cpu", "rejected", 10 * SECOND);
+    assert!(
+        cpu["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("limits.cpu_max_percent: 0"),
+        "{cpu}"
+    );
+    // Nothing ran: the port was never listened on.
+    assert!(common::port_is_closed(port));
+}

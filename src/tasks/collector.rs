@@ -825,6 +825,7 @@ impl Tasks {
                 args: d.args.clone(),
             }),
             timeout: None,
+            limits: None,
         };
         let run = Run {
             config: Some(config),

@@ -247,6 +247,18 @@ impl Tasks {
             self.handed_out_again(&task.id);
             return Ok(Intake::Taken);
         }
+        if task.limits.is_some() {
+            // Section 4.2: a limit is never silently not enforced. This
+            // agent has no delegated cgroup v2 subtree to enforce one in.
+            let message = "limits: this agent cannot enforce resource limits (no delegated cgroup v2 subtree)".to_string();
+            return Ok(self.reject(
+                &task.id,
+                task.kind.type_name(),
+                origin,
+                ErrorKind::LimitsUnavailable,
+                message,
+            ));
+        }
         if self.live.len() as u32 >= self.settings.max_tasks {
             let message = format!("{} tasks are running, the limit", self.settings.max_tasks);
             return Ok(self.reject(

@@ -30,6 +30,18 @@ pub struct Task {
     pub id: String,
     pub kind: Kind,
     pub timeout: Option<Duration>,
+    /// Section 4.2, on the three process types.
+    pub limits: Option<Limits>,
+}
+
+/// Resource limits a task asks for (section 4.2), checked but not yet
+/// known to be enforceable: that is the task table's call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    pub memory_max_bytes: Option<u64>,
+    /// 100 is one whole core.
+    pub cpu_max_percent: Option<u64>,
+    pub pids_max: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -203,7 +215,19 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         }
     }
     .map_err(|message| reject(ErrorKind::InvalidPayload, message))?;
-    Ok(Task { id, kind, timeout })
+    let limits = match kind {
+        Kind::IperfServer(_) | Kind::IperfClient(_) | Kind::CollectorStart(_) => fields
+            .limits()
+            .map_err(|message| reject(ErrorKind::InvalidPayload, message))?,
+        // Not a field of the other types: ignored, as unknown fields are.
+        _ => None,
+    };
+    Ok(Task {
+        id,
+        kind,
+        timeout,
+        limits,
+    })
 }
 
 /// A value as a rejection message shows it: JSON, cut to the id length, so
@@ -215,6 +239,35 @@ fn shown(value: &Value) -> String {
 struct Fields<'a>(&'a Map<String, Value>);
 
 impl Fields<'_> {
+    fn limits(&self) -> Result<Option<Limits>, String> {
+        let object = match self.0.get("limits") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Object(o)) => o,
+            Some(v) => return Err(format!("limits: {} is not an object", shown(v))),
+        };
+        let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+            .ok()
+            .flatten()
+            .map_or(1, |n| n.max(1) as u64);
+        let field = |name: &str, min: u64, max: u64| -> Result<Option<u64>, String> {
+            match object.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                    _ => Err(format!(
+                        "limits.{name}: {} is not a whole number from {min} to {max}",
+                        shown(v)
+                    )),
+                },
+            }
+        };
+        Ok(Some(Limits {
+            memory_max_bytes: field("memory_max_bytes", 1024 * 1024, u64::MAX)?,
+            cpu_max_percent: field("cpu_max_percent", 1, 100 * cpus)?,
+            pids_max: field("pids_max", 1, u64::MAX)?,
+        }))
+    }
+
     fn bool(&self, name: &str, default: bool) -> Result<bool, String> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(default),
