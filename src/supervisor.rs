@@ -500,30 +500,37 @@ pub fn iperf3_version(program: &str) -> Option<String> {
     text.split_whitespace().nth(1).map(str::to_string)
 }
 
-/// Processes whose environment names `task_id` (see [`Spec::task_id`])
-/// and `owner`, with their start times.
-pub fn find_by_task(root: &Path, task_id: &str, owner: &str) -> Vec<(i32, u64)> {
-    let needle = format!("{TASK_VAR}={task_id}");
+/// Every process whose environment names `owner` (this agent, see
+/// [`OWNER_VAR`]) and a task (see [`Spec::task_id`]), by task id, with
+/// start times: one pass over /proc, however many tasks are looked for.
+pub fn processes_by_task(root: &Path, owner: &str) -> HashMap<String, Vec<(i32, u64)>> {
     let owned = format!("{OWNER_VAR}={owner}");
+    let task_prefix = format!("{TASK_VAR}=");
+    let mut found: HashMap<String, Vec<(i32, u64)>> = HashMap::new();
     let Ok(listing) = std::fs::read_dir(root.join("proc")) else {
-        return Vec::new();
+        return found;
     };
-    listing
+    for pid in listing
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(root.join(format!("proc/{pid}/environ"))).is_ok_and(|env| {
-                let mut vars = env.split(|b| *b == 0);
-                let (mut task, mut ours) = (false, false);
-                for var in &mut vars {
-                    task |= var == needle.as_bytes();
-                    ours |= var == owned.as_bytes();
-                }
-                task && ours
-            })
-        })
-        .filter_map(|pid| Some((pid, start_ticks(root, pid)?)))
-        .collect()
+    {
+        let Ok(env) = std::fs::read(root.join(format!("proc/{pid}/environ"))) else {
+            continue;
+        };
+        let (mut task, mut ours) = (None, false);
+        for var in env.split(|b| *b == 0) {
+            ours |= var == owned.as_bytes();
+            if let Some(id) = var.strip_prefix(task_prefix.as_bytes()) {
+                task = Some(String::from_utf8_lossy(id).into_owned());
+            }
+        }
+        if let (Some(task), true) = (task, ours)
+            && let Some(ticks) = start_ticks(root, pid)
+        {
+            found.entry(task).or_default().push((pid, ticks));
+        }
+    }
+    found
 }
 
 /// True when `pid` is alive and is still the process that started at
@@ -921,13 +928,11 @@ mod tests {
         let mut spec = spec("sleep", &["30"]);
         spec.task_id = Some(id.clone());
         let started = s.spawn(&spec).unwrap();
-        assert_eq!(
-            find_by_task(Path::new("/"), &id, "/test/owner"),
-            [(started.pid, started.start_ticks)]
-        );
-        assert!(find_by_task(Path::new("/"), "t-nobody", "/test/owner").is_empty());
+        let ours = processes_by_task(Path::new("/"), "/test/owner");
+        assert_eq!(ours[&id], [(started.pid, started.start_ticks)]);
+        assert!(!ours.contains_key("t-nobody"));
         // Another agent's child with the same task id is not ours.
-        assert!(find_by_task(Path::new("/"), &id, "/another/agent").is_empty());
+        assert!(!processes_by_task(Path::new("/"), "/another/agent").contains_key(&id));
         s.stop(started.pid, Duration::from_secs(1));
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
     }

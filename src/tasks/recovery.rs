@@ -39,8 +39,12 @@ impl Tasks {
         let desired = self.store.load();
         let kept: HashSet<String> = desired.values().map(|d| d.task_id.clone()).collect();
         let mut stopping = Vec::new();
+        let mut marked = supervisor::processes_by_task(
+            Path::new("/"),
+            &self.settings.state_dir.to_string_lossy(),
+        );
         for record in self.ledger.unfinished() {
-            let found = find_leftovers(&record, &self.settings.state_dir);
+            let found = find_leftovers(&record, marked.remove(&record.id).unwrap_or_default());
             if found.is_empty() {
                 if !kept.contains(&record.id) {
                     self.cut_off(&record);
@@ -116,17 +120,16 @@ impl Tasks {
 }
 
 /// The live processes an earlier instance left of a task: its recorded
-/// process, and any process whose environment names the task and this
+/// process, and `marked`, those whose environment names the task and this
 /// agent (which covers one started in the instant before its pid was
 /// recorded, and descendants that left its process group).
-pub(super) fn find_leftovers(record: &Record, state_dir: &Path) -> Vec<ProcessRef> {
+fn find_leftovers(record: &Record, marked: Vec<(i32, u64)>) -> Vec<ProcessRef> {
     let mut found: Vec<ProcessRef> = record
         .process
         .filter(|p| supervisor::is_same_process(p.pid, p.start_ticks))
         .into_iter()
         .collect();
-    let owner = state_dir.to_string_lossy();
-    for (pid, start_ticks) in supervisor::find_by_task(Path::new("/"), &record.id, &owner) {
+    for (pid, start_ticks) in marked {
         if !found.iter().any(|p| p.pid == pid) {
             found.push(ProcessRef { pid, start_ticks });
         }
