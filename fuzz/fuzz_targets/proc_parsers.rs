@@ -1,4 +1,4 @@
-//! Fuzz target: the /proc and /sys text parsers of `metrics.rs` and
+//! Fuzz target: the /proc and /sys text parsers of `metrics/` and
 //! `sysinfo.rs`.
 //!
 //! The kernel writes these files, but containers, gVisor, old kernels and
