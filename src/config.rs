@@ -75,6 +75,8 @@ pub struct Config {
     pub client_key: Option<PathBuf>,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Metric categories collected at all (section 9's `OUTPOST_METRICS`).
+    pub metrics: crate::metrics::Categories,
     /// Where each setting's value came from, for `--check-config`.
     pub sources: BTreeMap<&'static str, Source>,
 }
@@ -242,6 +244,12 @@ const SETTINGS: &[Setting] = &[
         flag: Some("--log-format"),
         default: "text",
         meaning: "text or json (one JSON object a line)",
+    },
+    Setting {
+        var: "OUTPOST_METRICS",
+        flag: Some("--metrics"),
+        default: "all",
+        meaning: "metric categories to collect: all, none, or a comma-separated list of cpu, memory, load, filesystems, disks, network, processes, temperatures",
     },
 ];
 
@@ -523,6 +531,11 @@ fn resolve(raw: &Raw) -> Result<Config> {
             ));
         }
     };
+    let metrics = match take("OUTPOST_METRICS") {
+        None => crate::metrics::Categories::ALL,
+        Some(text) => crate::metrics::Categories::parse(&text)
+            .map_err(|message| Error::config("OUTPOST_METRICS", message))?,
+    };
 
     let config = Config {
         manager_url,
@@ -546,6 +559,7 @@ fn resolve(raw: &Raw) -> Result<Config> {
         client_key,
         log_level,
         log_format,
+        metrics,
         sources,
     };
     // Loading the PEM files here, not at the first request, turns a typo in
@@ -797,6 +811,7 @@ impl Config {
                     LogFormat::Json => "json".into(),
                 },
             ),
+            ("OUTPOST_METRICS", self.metrics.to_string()),
         ];
         let mut out = String::new();
         for (name, value) in rows {
@@ -916,6 +931,26 @@ mod tests {
     }
 
     #[test]
+    fn metric_categories_from_flag_environment_and_default() {
+        let c = config(&[], &[]).unwrap();
+        assert_eq!(c.metrics, crate::metrics::Categories::ALL);
+        let c = config(
+            &["--metrics", "cpu,network"],
+            &[("OUTPOST_METRICS", "none")],
+        )
+        .unwrap();
+        assert_eq!(c.metrics.to_string(), "cpu,network");
+        assert_eq!(c.sources["OUTPOST_METRICS"], Source::Flag);
+        assert!(
+            c.describe()
+                .contains("OUTPOST_METRICS=cpu,network  (flag)\n")
+        );
+        let c = config(&[], &[("OUTPOST_METRICS", "none")]).unwrap();
+        assert!(c.metrics.is_empty());
+        assert!(help().contains("--metrics VALUE   sets OUTPOST_METRICS"));
+    }
+
+    #[test]
     fn bad_values_name_their_setting() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (
@@ -935,6 +970,7 @@ mod tests {
                 "OUTPOST_AGENT_KEY",
             ),
             (&[("OUTPOST_LOG_FORMAT", "xml")], "OUTPOST_LOG_FORMAT"),
+            (&[("OUTPOST_METRICS", "cpu,gpu")], "OUTPOST_METRICS"),
             (&[("OUTPOST_LOG_LEVEL", "loud")], "OUTPOST_LOG_LEVEL"),
             (
                 &[("OUTPOST_ALLOW_HTTP_CONFIG", "maybe")],

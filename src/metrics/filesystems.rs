@@ -25,6 +25,12 @@ pub const MAX_STUCK_PROBES: usize = 4;
 pub struct MountEntry {
     pub mount_point: String,
     pub fs_type: String,
+    /// The mount source after the type (`/dev/vda1`): node_exporter's
+    /// `device` label.
+    pub source: String,
+    /// Mounted read-only (`ro` in the mount's or the superblock's options).
+    pub readonly: bool,
+    /// `major:minor`, which tells bind mounts of one filesystem apart.
     device: String,
     root_is_fs_root: bool,
 }
@@ -60,7 +66,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut fields = line.split(' ');
-        let (Some(_id), Some(_parent), Some(device), Some(root), Some(mount_point)) = (
+        let (Some(_id), Some(_parent), Some(device), Some(root), Some(mount_point), Some(options)) = (
+            fields.next(),
             fields.next(),
             fields.next(),
             fields.next(),
@@ -69,13 +76,19 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         ) else {
             continue;
         };
-        // Optional fields run up to a lone "-"; the type follows it.
+        // Optional fields run up to a lone "-"; type, source and superblock
+        // options follow it.
         let Some(fs_type) = fields.by_ref().skip_while(|f| *f != "-").nth(1) else {
             continue;
         };
+        let source = fields.next().unwrap_or_default();
+        let super_options = fields.next().unwrap_or_default();
+        let ro = |opts: &str| opts.split(',').any(|o| o == "ro");
         out.push(MountEntry {
             mount_point: unescape_mount_path(mount_point),
             fs_type: fs_type.to_owned(),
+            source: unescape_mount_path(source),
+            readonly: ro(options) || ro(super_options),
             device: device.to_owned(),
             root_is_fs_root: root == "/",
         });
@@ -189,6 +202,8 @@ pub(super) struct FsUsage {
     pub(super) total: u64,
     pub(super) free: u64,
     pub(super) avail: u64,
+    pub(super) files: u64,
+    pub(super) files_free: u64,
 }
 
 pub(super) fn statvfs_usage(path: &Path) -> Option<FsUsage> {
@@ -201,6 +216,8 @@ pub(super) fn statvfs_usage(path: &Path) -> Option<FsUsage> {
         total: (s.blocks() as u64).saturating_mul(unit),
         free: (s.blocks_free() as u64).saturating_mul(unit),
         avail: (s.blocks_available() as u64).saturating_mul(unit),
+        files: s.files() as u64,
+        files_free: s.files_free() as u64,
     })
 }
 
@@ -393,6 +410,25 @@ mod tests {
     }
 
     #[test]
+    fn mount_sources_and_read_only_flags() {
+        let text = "29 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    30 29 8:1 / /boot ro,relatime - ext2 /dev/sda1 rw\n\
+                    31 29 8:2 / /data rw - xfs /dev/my\\040disk ro,noatime\n";
+        let got: Vec<(String, String, bool)> = parse_mountinfo(text)
+            .into_iter()
+            .map(|m| (m.mount_point, m.source, m.readonly))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/".into(), "/dev/vda".into(), false),
+                ("/boot".into(), "/dev/sda1".into(), true),
+                ("/data".into(), "/dev/my disk".into(), true),
+            ]
+        );
+    }
+
+    #[test]
     fn mount_paths_are_unescaped() {
         assert_eq!(unescape_mount_path(r"/a\040b\011c\134d"), "/a b\tc\\d");
         assert_eq!(unescape_mount_path(r"/x\9"), r"/x\9");
@@ -408,6 +444,8 @@ mod tests {
             total: 100,
             free: 40,
             avail: 30,
+            files: 10,
+            files_free: 5,
         })
     }
 

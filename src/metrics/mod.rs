@@ -1,18 +1,27 @@
-//! The node metrics snapshot of protocol section 5: what the heartbeat
-//! carries and what `/metrics` exposes as `outpost_node_*` series.
+//! Node metrics: the snapshot of protocol section 5 that heartbeats carry
+//! (rates and percentages over the interval), and the node_exporter-
+//! compatible series of section 7.1 that `/metrics` and Pushgateway pushes
+//! expose (raw counters, never rates or percentages).
 //!
 //! This module is the front door: the types and functions the rest of the
-//! agent (heartbeat, telemetry, sysinfo, the metrics thread) and the fuzz
-//! targets use are re-exported here, so the files below can be reshaped
-//! without touching them. `wire` holds the snapshot types, `parse` the /proc
-//! text parsers, `filesystems` the mount selection and statvfs prober,
+//! agent (heartbeat, telemetry, sysinfo, the metrics thread, config) and the
+//! fuzz targets use are re-exported here, so the files below can be reshaped
+//! without touching them. `categories` holds the category names and sets,
+//! `wire` the snapshot types and the heartbeat's view of them, `parse` the
+//! /proc text parsers, `filesystems` the mount selection and statvfs prober,
 //! `sensors` the temperature sources, `sampler` the I/O and state between
-//! samples, `render` the Prometheus series.
+//! samples (the metrics thread's), `node` the series read at scrape time,
+//! `render` the series taken from the snapshot.
 //!
 //! Everything comes from text under a root directory (`/` in production, a
 //! fixture tree in tests), so every parser here is a pure function over the
 //! file's text and the [`Sampler`] only adds I/O and the previous-sample state
 //! that rates and CPU percentages need.
+//!
+//! A category that `OUTPOST_METRICS` turns off is read neither by the
+//! sampler nor at scrape time. A file two categories share (`/proc/stat`:
+//! cpu and processes) is read when either is on. `node_boot_time_seconds`
+//! (always shown) comes from one read of `/proc/stat` at start.
 //!
 //! Decisions that the protocol leaves open:
 //!
@@ -31,10 +40,13 @@
 //!   page cache; unlike `free(1)`'s "cache" it leaves out reclaimable slab,
 //!   and it includes tmpfs/shmem pages, which cannot be dropped); swap used is
 //!   `SwapTotal - SwapFree`.
-//! - **Processes.** No `/proc/<pid>` scan: `running`/`blocked` are
-//!   `procs_running`/`procs_blocked` of `/proc/stat`; `total` is the second
-//!   half of the 4th field of `/proc/loadavg`, which counts kernel scheduling
-//!   entities (threads), not processes.
+//! - **Processes.** `running`/`blocked` are `procs_running`/`procs_blocked`
+//!   of `/proc/stat` (the kernel counts runnable and blocked *threads*, as
+//!   node_exporter's `node_procs_running` does); `total`, `threads` and
+//!   `by_state` come from one read of every `/proc/<pid>/stat` by the
+//!   metrics thread: processes, the sum of their `num_threads`, and
+//!   processes by state letter. A process that ends between the directory
+//!   listing and its read is not counted.
 //! - **Filesystems.** From `/proc/self/mountinfo`. Pseudo filesystems (proc,
 //!   sysfs, tmpfs, cgroup, overlay, squashfs, …) and anything mounted under
 //!   `/proc`, `/sys` or `/dev` are left out, and so are
@@ -70,8 +82,9 @@
 //! - **Size.** Floats are rounded to two decimals ([`round2`]) to keep the
 //!   heartbeat small.
 //!
-//! `procfs` parses `/proc/loadavg`, `/proc/uptime` and the `/proc/diskstats`
-//! lines. `/proc/stat`, `/proc/meminfo` and `/proc/net/dev` have small parsers
+//! `procfs` parses `/proc/loadavg` and `/proc/uptime` for the heartbeat.
+//! `/proc/stat`, `/proc/meminfo`, `/proc/net/dev` and `/proc/diskstats`
+//! lines have small parsers
 //! here: procfs's `KernelStats` drops the `cpuN` numbers (so an unplugged core
 //! would shift the others) and fails without `ctxt`/`processes`; its `Meminfo`
 //! fails when any of some forty fields is missing (gVisor and some container
@@ -79,7 +92,9 @@
 //! whitespace, so a line like `eth0:68210035552 …` (no space once a counter
 //! fills its column) loses the whole table.
 
+mod categories;
 mod filesystems;
+mod node;
 mod parse;
 mod render;
 mod sampler;
@@ -88,17 +103,20 @@ mod sensors;
 mod test_support;
 mod wire;
 
+pub use categories::{Categories, Category};
 pub use filesystems::{
     MAX_STUCK_PROBES, MountEntry, is_pseudo_fs, is_remote_fs, parse_mountinfo, select_mounts,
 };
+pub use node::NodeReader;
 pub use parse::{
     CpuTicks, MemCounters, NetCounters, StatCounters, build_cpu, build_memory, is_virtual_disk,
-    looks_like_partition, parse_loadavg, parse_meminfo, parse_net_dev_into, parse_stat,
-    parse_stat_into, parse_uptime,
+    looks_like_partition, parse_diskstats_line, parse_load_exact, parse_loadavg, parse_meminfo,
+    parse_net_dev_into, parse_pid_stat, parse_stat, parse_stat_into, parse_uptime,
 };
 pub use sampler::Sampler;
 pub use wire::{
-    Cpu, Disk, Filesystem, Load, Memory, NetInterface, Processes, Snapshot, Temperature, round2,
+    Cpu, Disk, Filesystem, HeartbeatMetrics, Load, Memory, NetInterface, NodeSensor, ProcStates,
+    Processes, Snapshot, Temperature, round2,
 };
 
 /// Filesystems reported at most (a bound on memory and body size).

@@ -11,14 +11,14 @@ use super::wire::{Cpu, Load, Memory, round2};
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuTicks {
-    user: u64,
-    nice: u64,
-    system: u64,
-    idle: u64,
-    iowait: u64,
-    irq: u64,
-    softirq: u64,
-    steal: u64,
+    pub(super) user: u64,
+    pub(super) nice: u64,
+    pub(super) system: u64,
+    pub(super) idle: u64,
+    pub(super) iowait: u64,
+    pub(super) irq: u64,
+    pub(super) softirq: u64,
+    pub(super) steal: u64,
 }
 
 /// The parts of /proc/stat the snapshot and system info use. Public for
@@ -32,6 +32,11 @@ pub struct StatCounters {
     pub procs_running: Option<u64>,
     pub procs_blocked: Option<u64>,
     pub btime: Option<i64>,
+    /// `ctxt`, `processes` (forks since boot) and the first `intr` number:
+    /// node_exporter's stat counters.
+    pub ctxt: Option<u64>,
+    pub forks: Option<u64>,
+    pub intr: Option<u64>,
 }
 
 fn parse_cpu_ticks(fields: &str) -> Option<CpuTicks> {
@@ -63,6 +68,9 @@ pub fn parse_stat_into(text: &str, out: &mut StatCounters) {
     out.procs_running = None;
     out.procs_blocked = None;
     out.btime = None;
+    out.ctxt = None;
+    out.forks = None;
+    out.intr = None;
     for line in text.lines() {
         let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
         if let Some(n) = key.strip_prefix("cpu") {
@@ -77,6 +85,14 @@ pub fn parse_stat_into(text: &str, out: &mut StatCounters) {
                 "procs_running" => out.procs_running = value.parse().ok(),
                 "procs_blocked" => out.procs_blocked = value.parse().ok(),
                 "btime" => out.btime = value.parse().ok(),
+                "ctxt" => out.ctxt = value.parse().ok(),
+                "processes" => out.forks = value.parse().ok(),
+                "intr" => {
+                    out.intr = value
+                        .split_ascii_whitespace()
+                        .next()
+                        .and_then(|v| v.parse().ok());
+                }
                 _ => {}
             }
         }
@@ -293,20 +309,19 @@ pub struct NetCounters {
     pub(super) tx_dropped: u64,
 }
 
-/// Parses /proc/net/dev into `out` (reusing it), leaving out `lo`. Public
-/// for the fuzz target only.
-#[doc(hidden)]
-pub fn parse_net_dev_into(text: &str, out: &mut Vec<NetCounters>) {
-    out.clear();
-    for line in text.lines().skip(2) {
+/// The sixteen counters of one /proc/net/dev line, in the file's order:
+/// receive bytes, packets, errs, drop, fifo, frame, compressed, multicast,
+/// then transmit bytes, packets, errs, drop, fifo, colls, carrier,
+/// compressed. Lines with fewer than 12 numbers are skipped, missing ones
+/// are 0. `lo` included: node_exporter shows it.
+pub(super) fn net_dev_rows(text: &str) -> impl Iterator<Item = (&str, [u64; 16])> {
+    text.lines().skip(2).filter_map(|line| {
         // The name may itself hold a colon (alias "eth0:1"), and a counter may
         // touch the colon ("eth0:68210035552"), so split at the last one.
-        let Some((name, rest)) = line.rsplit_once(':') else {
-            continue;
-        };
+        let (name, rest) = line.rsplit_once(':')?;
         let name = name.trim();
-        if name == "lo" || name.is_empty() {
-            continue;
+        if name.is_empty() {
+            return None;
         }
         let mut f = [0u64; 16];
         let mut n = 0;
@@ -317,7 +332,17 @@ pub fn parse_net_dev_into(text: &str, out: &mut Vec<NetCounters>) {
             }
             n += 1;
         }
-        if n < 12 {
+        (n >= 12).then_some((name, f))
+    })
+}
+
+/// Parses /proc/net/dev into `out` (reusing it), leaving out `lo`. Public
+/// for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_net_dev_into(text: &str, out: &mut Vec<NetCounters>) {
+    out.clear();
+    for (name, f) in net_dev_rows(text) {
+        if name == "lo" {
             continue;
         }
         out.push(NetCounters {
@@ -332,6 +357,48 @@ pub fn parse_net_dev_into(text: &str, out: &mut Vec<NetCounters>) {
             tx_dropped: f[11],
         });
     }
+}
+
+/// One /proc/diskstats line: the device name and the eleven classic
+/// counters after it (reads, reads merged, sectors read, ms reading,
+/// writes, writes merged, sectors written, ms writing, I/Os in progress, ms
+/// doing I/O, weighted ms). Newer kernels' discard and flush fields are
+/// ignored. `None` for a line that is not one. Public for the fuzz target
+/// only.
+#[doc(hidden)]
+pub fn parse_diskstats_line(line: &str) -> Option<(&str, [u64; 11])> {
+    let mut it = line.split_ascii_whitespace();
+    let _major = it.next()?;
+    let _minor = it.next()?;
+    let name = it.next()?;
+    let mut f = [0u64; 11];
+    for slot in &mut f {
+        *slot = it.next()?.parse().ok()?;
+    }
+    Some((name, f))
+}
+
+/// The three load averages of /proc/loadavg as written (no trip through
+/// `f32`, so `/metrics` shows `0.13`, as node_exporter does). Public for
+/// the fuzz target only.
+#[doc(hidden)]
+pub fn parse_load_exact(text: &str) -> Option<[f64; 3]> {
+    let mut it = text.split_ascii_whitespace().map(|f| f.parse::<f64>());
+    let mut next = || it.next()?.ok().filter(|v| v.is_finite());
+    Some([next()?, next()?, next()?])
+}
+
+/// The state letter and thread count of one /proc/<pid>/stat. The command
+/// name may hold spaces and parentheses, so fields are counted after the
+/// last `)`. Public for the fuzz target only.
+#[doc(hidden)]
+pub fn parse_pid_stat(text: &str) -> Option<(char, u64)> {
+    let after = &text[text.rfind(')')? + 1..];
+    let mut fields = after.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // num_threads is field 20 of the line, the 17th after the state.
+    let threads = fields.nth(16)?.parse().ok()?;
+    Some((state, threads))
 }
 
 #[cfg(test)]
@@ -466,6 +533,41 @@ mod tests {
         // Why /proc/net/dev has its own parser here.
         let text = fixture_text("ne-8core", "proc/net/dev");
         assert!(procfs::net::InterfaceDeviceStatus::from_read(text.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn stat_counters_for_node_series() {
+        let vm = parse_stat(&fixture_text("vm-2core", "proc/stat"));
+        assert!(vm.ctxt.is_some() && vm.forks.is_some() && vm.intr.is_some());
+        let s = parse_stat("ctxt 42\nprocesses 7\nintr 99 1 2 3\n");
+        assert_eq!((s.ctxt, s.forks, s.intr), (Some(42), Some(7), Some(99)));
+    }
+
+    #[test]
+    fn diskstats_lines_old_and_new_kernels() {
+        let old = "   8       0 sda 100 2 800 30 50 1 400 20 0 40 50";
+        let (name, f) = parse_diskstats_line(old).unwrap();
+        assert_eq!(name, "sda");
+        assert_eq!(f, [100, 2, 800, 30, 50, 1, 400, 20, 0, 40, 50]);
+        let new = " 254 0 vda 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17";
+        assert_eq!(parse_diskstats_line(new).unwrap().1[9], 10);
+        assert!(parse_diskstats_line("8 0 sda 1 2 3").is_none());
+        assert!(parse_diskstats_line("").is_none());
+        let text = fixture_text("vm-2core", "proc/diskstats");
+        assert!(text.lines().all(|l| parse_diskstats_line(l).is_some()));
+    }
+
+    #[test]
+    fn load_exact_and_pid_stat() {
+        assert_eq!(
+            parse_load_exact("0.13 0.05 0.01 2/128 999\n"),
+            Some([0.13, 0.05, 0.01])
+        );
+        assert!(parse_load_exact("0.1 x").is_none());
+        let line = "1234 (a) b (c)) T 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 7 0 1 2 3";
+        assert_eq!(parse_pid_stat(line), Some(('T', 7)));
+        assert!(parse_pid_stat("1 (x)").is_none());
+        assert!(parse_pid_stat("no paren").is_none());
     }
 
     #[test]

@@ -8,13 +8,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use super::categories::{Categories, Category};
 use super::filesystems::{FsProber, PROBE_TIMEOUT, parse_mountinfo, select_mounts, statvfs_usage};
 use super::parse::{
     NetCounters, StatCounters, build_cpu, build_memory, is_virtual_disk, looks_like_partition,
-    parse_loadavg, parse_meminfo, parse_net_dev_into, parse_stat_into, parse_uptime,
+    parse_diskstats_line, parse_loadavg, parse_meminfo, parse_net_dev_into, parse_pid_stat,
+    parse_stat_into, parse_uptime,
 };
 use super::sensors::{SensorSource, read_millidegrees, scan_sensors};
-use super::wire::{Disk, Filesystem, NetInterface, Processes, Snapshot, Temperature, round2};
+use super::wire::{
+    Disk, Filesystem, NetInterface, ProcStates, Processes, Snapshot, Temperature, round2,
+};
 
 /// How often the set of temperature sensors is looked for again.
 const SENSOR_RESCAN: std::time::Duration = std::time::Duration::from_secs(300);
@@ -39,9 +43,7 @@ pub struct Sampler {
     cur_stat: StatCounters,
     prev_disks: Vec<DiskCounters>,
     cur_disks: Vec<DiskCounters>,
-    /// (name, keep?) per diskstats line, so /sys is asked only when the device
-    /// list changes.
-    disk_verdicts: Vec<(String, bool)>,
+    disk_filter: DiskFilter,
     prev_net: Vec<NetCounters>,
     cur_net: Vec<NetCounters>,
     prev_at: Option<Instant>,
@@ -49,10 +51,59 @@ pub struct Sampler {
     prober: FsProber,
     sensors: Vec<SensorSource>,
     sensors_scanned: Option<Instant>,
+    categories: Categories,
+}
+
+/// Which diskstats devices count: whole disks and device-mapper/md
+/// devices, not partitions, loop, ram or zram. Remembers its verdicts by
+/// line, so /sys is asked only when the device list changes.
+#[derive(Default)]
+pub(super) struct DiskFilter {
+    /// (name, keep?) per diskstats line.
+    verdicts: Vec<(String, bool)>,
+    lines: usize,
+}
+
+impl DiskFilter {
+    /// Call before the first line of a new read of diskstats.
+    pub(super) fn start(&mut self) {
+        self.lines = 0;
+    }
+
+    /// The verdict for the next line's device.
+    pub(super) fn keep(&mut self, root: &Path, name: &str) -> bool {
+        let index = self.lines;
+        self.lines += 1;
+        if let Some((n, keep)) = self.verdicts.get(index) {
+            if n == name {
+                return *keep;
+            }
+        }
+        let keep = !is_virtual_disk(name) && {
+            let sys_block = root.join("sys/block");
+            if sys_block.is_dir() {
+                // /sys/block spells a '/' in a device name as '!'.
+                sys_block.join(name.replace('/', "!")).exists()
+            } else {
+                !looks_like_partition(name)
+            }
+        };
+        if index < self.verdicts.len() {
+            self.verdicts[index] = (name.to_owned(), keep);
+        } else {
+            self.verdicts.push((name.to_owned(), keep));
+        }
+        keep
+    }
+
+    /// Call after the last line: forgets devices that went away.
+    pub(super) fn finish(&mut self) {
+        self.verdicts.truncate(self.lines);
+    }
 }
 
 /// Reads `root/rel` into `buf`; `None` if missing or unreadable.
-fn read_into<'a>(root: &Path, rel: &str, buf: &'a mut String) -> Option<&'a str> {
+pub(super) fn read_into<'a>(root: &Path, rel: &str, buf: &'a mut String) -> Option<&'a str> {
     buf.clear();
     File::open(root.join(rel)).ok()?.read_to_string(buf).ok()?;
     Some(buf.as_str())
@@ -71,7 +122,7 @@ impl Sampler {
             cur_stat: StatCounters::default(),
             prev_disks: Vec::new(),
             cur_disks: Vec::new(),
-            disk_verdicts: Vec::new(),
+            disk_filter: DiskFilter::default(),
             prev_net: Vec::new(),
             cur_net: Vec::new(),
             prev_at: None,
@@ -79,7 +130,14 @@ impl Sampler {
             prober: FsProber::new(PROBE_TIMEOUT, statvfs_usage),
             sensors: Vec::new(),
             sensors_scanned: None,
+            categories: Categories::ALL,
         }
+    }
+
+    /// What to collect at all (`OUTPOST_METRICS`): a category that is off
+    /// is not read, and its part of the snapshot stays empty.
+    pub fn set_categories(&mut self, categories: Categories) {
+        self.categories = categories;
     }
 
     /// Also report network and FUSE filesystems (off by default: a hung
@@ -101,97 +159,121 @@ impl Sampler {
             ..Snapshot::default()
         };
 
-        // /proc/stat: CPU shares and process states.
-        let have_prev_stat = self.prev_stat.total.is_some();
-        match read_into(&self.root, "proc/stat", &mut self.buf) {
-            Some(text) => parse_stat_into(text, &mut self.cur_stat),
-            None => parse_stat_into("", &mut self.cur_stat),
-        }
-        if have_prev_stat {
-            snap.cpu = build_cpu(&self.prev_stat, &self.cur_stat);
-        }
-        std::mem::swap(&mut self.prev_stat, &mut self.cur_stat);
+        let categories = self.categories;
+        let on = |c| categories.has(c);
+        snap.collected = self.categories;
 
-        snap.memory = read_into(&self.root, "proc/meminfo", &mut self.buf)
-            .and_then(parse_meminfo)
-            .map(|m| build_memory(&m));
+        // /proc/stat: CPU shares, and the kernel's runnable/blocked counts.
+        if on(Category::Cpu) || on(Category::Processes) {
+            let have_prev_stat = self.prev_stat.total.is_some();
+            match read_into(&self.root, "proc/stat", &mut self.buf) {
+                Some(text) => parse_stat_into(text, &mut self.cur_stat),
+                None => parse_stat_into("", &mut self.cur_stat),
+            }
+            if have_prev_stat && on(Category::Cpu) {
+                snap.cpu = build_cpu(&self.prev_stat, &self.cur_stat);
+            }
+            std::mem::swap(&mut self.prev_stat, &mut self.cur_stat);
+        }
 
-        let loadavg = read_into(&self.root, "proc/loadavg", &mut self.buf).and_then(parse_loadavg);
-        let running = self.prev_stat.procs_running;
-        let blocked = self.prev_stat.procs_blocked;
-        if let Some((load, tasks)) = loadavg {
-            snap.load = Some(load);
-            snap.processes = Some(Processes {
-                total: tasks,
-                running: running.unwrap_or(0),
-                blocked: blocked.unwrap_or(0),
-            });
-        } else if running.is_some() || blocked.is_some() {
-            snap.processes = Some(Processes {
-                total: 0,
-                running: running.unwrap_or(0),
-                blocked: blocked.unwrap_or(0),
-            });
+        if on(Category::Memory) {
+            snap.memory = read_into(&self.root, "proc/meminfo", &mut self.buf)
+                .and_then(parse_meminfo)
+                .map(|m| build_memory(&m));
+        }
+        if on(Category::Load) {
+            snap.load = read_into(&self.root, "proc/loadavg", &mut self.buf)
+                .and_then(parse_loadavg)
+                .map(|(load, _)| load);
+        }
+        if on(Category::Processes) {
+            snap.processes = self.scan_processes();
         }
 
         snap.uptime_s = read_into(&self.root, "proc/uptime", &mut self.buf).and_then(parse_uptime);
 
-        self.sample_disks(secs, &mut snap);
-        self.sample_network(secs, &mut snap);
-        self.sample_filesystems(&mut snap);
-        self.sample_temperatures(now, &mut snap);
+        if on(Category::Disks) {
+            self.sample_disks(secs, &mut snap);
+        }
+        if on(Category::Network) {
+            self.sample_network(secs, &mut snap);
+        }
+        if on(Category::Filesystems) {
+            self.sample_filesystems(&mut snap);
+        }
+        if on(Category::Temperatures) {
+            self.sample_temperatures(now, &mut snap);
+        }
 
         self.prev_at = Some(now);
         snap
     }
 
-    fn disk_kept(&mut self, index: usize, name: &str) -> bool {
-        if let Some((n, keep)) = self.disk_verdicts.get(index) {
-            if n == name {
-                return *keep;
-            }
-        }
-        let keep = !is_virtual_disk(name) && {
-            let sys_block = self.root.join("sys/block");
-            if sys_block.is_dir() {
-                // /sys/block spells a '/' in a device name as '!'.
-                sys_block.join(name.replace('/', "!")).exists()
-            } else {
-                !looks_like_partition(name)
-            }
+    /// Processes by state: one read of /proc/<pid>/stat per process. The
+    /// metrics thread's job alone: it costs a few hundred small reads, which
+    /// the heartbeat and scrapes must never wait for.
+    fn scan_processes(&mut self) -> Option<Processes> {
+        let proc_dir = self.root.join("proc");
+        let entries = std::fs::read_dir(&proc_dir).ok()?;
+        let mut p = Processes {
+            running: self.prev_stat.procs_running.unwrap_or(0),
+            blocked: self.prev_stat.procs_blocked.unwrap_or(0),
+            by_state: ProcStates::default(),
+            ..Processes::default()
         };
-        if index < self.disk_verdicts.len() {
-            self.disk_verdicts[index] = (name.to_owned(), keep);
-        } else {
-            self.disk_verdicts.push((name.to_owned(), keep));
+        let mut path = proc_dir;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            path.push(pid);
+            path.push("stat");
+            self.buf.clear();
+            // A process that ended since the directory was listed is skipped.
+            let read = File::open(&path).and_then(|mut f| f.read_to_string(&mut self.buf));
+            path.pop();
+            path.pop();
+            let Some((state, threads)) = read.ok().and_then(|_| parse_pid_stat(&self.buf)) else {
+                continue;
+            };
+            p.total += 1;
+            p.threads += threads;
+            p.by_state.count(state);
+            match p.letters.iter_mut().find(|(l, _)| *l == state) {
+                Some((_, n)) => *n += 1,
+                None => p.letters.push((state, 1)),
+            }
         }
-        keep
+        p.letters.sort_unstable();
+        Some(p)
     }
 
     fn sample_disks(&mut self, secs: Option<f64>, snap: &mut Snapshot) {
         self.cur_disks.clear();
         let mut buf = std::mem::take(&mut self.buf);
-        let mut lines = 0;
+        self.disk_filter.start();
         if let Some(text) = read_into(&self.root, "proc/diskstats", &mut buf) {
             for line in text.lines() {
-                let Ok(d) = procfs::DiskStat::from_line(line) else {
+                let Some((name, f)) = parse_diskstats_line(line) else {
                     continue;
                 };
-                let index = lines;
-                lines += 1;
-                if self.disk_kept(index, &d.name) {
+                if self.disk_filter.keep(&self.root, name) {
                     self.cur_disks.push(DiskCounters {
-                        name: d.name,
-                        reads: d.reads,
-                        sectors_read: d.sectors_read,
-                        writes: d.writes,
-                        sectors_written: d.sectors_written,
+                        name: name.to_owned(),
+                        reads: f[0],
+                        sectors_read: f[2],
+                        writes: f[4],
+                        sectors_written: f[6],
                     });
                 }
             }
         }
         self.buf = buf;
-        self.disk_verdicts.truncate(lines);
+        self.disk_filter.finish();
         snap.disks.reserve(self.cur_disks.len());
         for (i, cur) in self.cur_disks.iter().enumerate() {
             let prev = match self.prev_disks.get(i) {
@@ -274,6 +356,10 @@ impl Sampler {
                 free_bytes: u.free,
                 available_bytes: u.avail,
                 usage_percent: round2(usage_percent),
+                device: m.source.clone(),
+                files: u.files,
+                files_free: u.files_free,
+                readonly: m.readonly,
             });
         }
     }
@@ -291,6 +377,9 @@ impl Sampler {
                 snap.temperatures.push(Temperature {
                     sensor: s.name.clone(),
                     celsius: round2(c),
+                    raw_celsius: c,
+                    node: Some(s.node.clone()),
+                    in_heartbeat: s.in_heartbeat,
                 });
             }
         }
@@ -301,6 +390,7 @@ impl Sampler {
 mod tests {
     use super::*;
     use crate::exposition::Exposition;
+    use crate::metrics::Categories;
     use crate::metrics::test_support::{
         fixture, promtool_check, scratch_dir, vm_two_samples, write_file,
     };
@@ -323,7 +413,8 @@ mod tests {
         assert_eq!(json["network"][2]["rx_errors"], 0);
         assert!(json["network"][2].get("rx_bytes_per_s").is_none());
         assert_eq!(json["load"]["one"], 0.13);
-        assert_eq!(json["processes"]["total"], 128);
+        // The capture has no /proc/<pid> directories to count.
+        assert_eq!(json["processes"]["total"], 0);
         assert_eq!(json["processes"]["running"], 2);
         assert_eq!(json["uptime_s"], 5570.52);
         assert_eq!(json["memory"]["total_bytes"], 24_683_656u64 * 1024);
@@ -375,6 +466,56 @@ mod tests {
                 .iter()
                 .all(|d| d.reads_per_s == Some(0.0) || d.reads_per_s.is_none())
         );
+    }
+
+    #[test]
+    fn processes_by_state_from_a_fixture_tree() {
+        let mut sampler = Sampler::new(fixture("procs"));
+        sampler.set_categories(Categories::parse("processes").unwrap());
+        let snap = sampler.sample();
+        let p = snap.processes.as_ref().expect("processes");
+        assert_eq!(
+            (p.total, p.threads),
+            (7, 23),
+            "pid 1 has 14 threads, 303 has 4"
+        );
+        assert_eq!((p.running, p.blocked), (3, 1), "from /proc/stat");
+        assert_eq!(
+            p.by_state,
+            ProcStates {
+                running: 1,
+                sleeping: 1,
+                disk_sleep: 1,
+                stopped: 2,
+                zombie: 1,
+                idle: 1,
+            }
+        );
+        let json = serde_json::to_value(snap.for_heartbeat(Categories::ALL)).unwrap();
+        assert_eq!(json["processes"]["by_state"]["stopped"], 2);
+        assert!(json.get("cpu").is_none() && json.get("disks").is_none());
+        let mut exp = Exposition::new();
+        snap.write_prometheus(&mut exp);
+        let text = exp.finish();
+        assert!(text.contains("node_processes_state{state=\"t\"} 1\n"));
+        assert!(text.contains("node_processes_state{state=\"T\"} 1\n"));
+        assert!(text.contains("node_processes_pids 7\n"));
+        promtool_check(&text);
+    }
+
+    #[test]
+    fn an_off_category_is_not_read() {
+        // A root where every file is unreadable garbage would still be
+        // opened; instead: files that do not exist for off categories give
+        // no part, and the parts that are on are there.
+        let mut sampler = Sampler::new(fixture("vm-2core"));
+        sampler.set_categories(Categories::parse("memory,network").unwrap());
+        sampler.sample();
+        let snap = sampler.sample();
+        assert!(snap.memory.is_some() && !snap.network.is_empty());
+        assert!(snap.cpu.is_none() && snap.load.is_none() && snap.processes.is_none());
+        assert!(snap.disks.is_empty() && snap.filesystems.is_empty());
+        assert!(snap.temperatures.is_empty());
     }
 
     #[test]
@@ -454,6 +595,7 @@ mod tests {
         let got: Vec<(&str, f64)> = snap
             .temperatures
             .iter()
+            .filter(|t| t.in_heartbeat)
             .map(|t| (t.sensor.as_str(), t.celsius))
             .collect();
         assert_eq!(
@@ -470,9 +612,16 @@ mod tests {
         let mut exp = Exposition::new();
         snap.write_prometheus(&mut exp);
         let text = exp.finish();
-        assert!(
-            text.contains("outpost_node_temperature_celsius{sensor=\"coretemp/Core 0\"} 44.12\n")
-        );
+        // node_exporter's labels: chips by name (no device link here), the
+        // zone repeated as hwmon shown twice, as node_exporter does.
+        for line in [
+            "node_hwmon_temp_celsius{chip=\"coretemp\",sensor=\"temp2\"} 44.123\n",
+            "node_hwmon_temp_celsius{chip=\"acpitz\",sensor=\"temp1\"} 27.8\n",
+            "node_thermal_zone_temp{type=\"x86_pkg_temp\",zone=\"10\"} 45\n",
+            "node_thermal_zone_temp{type=\"acpitz\",zone=\"0\"} 27.8\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
         promtool_check(&text);
         std::fs::remove_dir_all(&dir).unwrap();
     }
