@@ -111,12 +111,28 @@ pub struct RegisterAnswer {
     pub poll_wait_s: Option<f64>,
     #[serde(default)]
     pub pushgateway_url: Option<String>,
+    /// Heartbeat metric categories (section 3.1); kept raw so that a bad
+    /// value cannot fail the whole answer (`Categories::from_manager_value`).
+    #[serde(default, deserialize_with = "present")]
+    pub metrics: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct HeartbeatAnswer {
     #[serde(default)]
     pub heartbeat_interval_s: Option<f64>,
+    /// As in [`RegisterAnswer`]; `None` when the field is absent, and
+    /// `Some(Null)` for an explicit `null`.
+    #[serde(default, deserialize_with = "present")]
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// A field that is there, `null` included (plain `Option` would read `null`
+/// as absent).
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
 }
 
 /// Cheap to clone: clones share one connection pool and TLS setup.
