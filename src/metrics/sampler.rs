@@ -109,6 +109,18 @@ pub(super) fn read_into<'a>(root: &Path, rel: &str, buf: &'a mut String) -> Opti
     Some(buf.as_str())
 }
 
+/// `IFF_UP` of `/sys/class/net/<name>/flags`; an interface whose flags
+/// cannot be read (no /sys, an alias such as `eth0:1`) counts as up.
+fn interface_is_up(root: &Path, name: &str, buf: &mut String) -> bool {
+    if name.contains('/') || name.contains("..") {
+        return true;
+    }
+    let rel = format!("sys/class/net/{name}/flags");
+    read_into(root, &rel, buf)
+        .and_then(|t| u32::from_str_radix(t.trim().trim_start_matches("0x"), 16).ok())
+        .is_none_or(|flags| flags & 1 != 0)
+}
+
 fn rate(prev: u64, cur: u64, secs: f64) -> Option<f64> {
     (cur >= prev && secs > 0.0).then(|| round2((cur - prev) as f64 / secs))
 }
@@ -301,6 +313,11 @@ impl Sampler {
             Some(text) => parse_net_dev_into(text, &mut self.cur_net),
             None => self.cur_net.clear(),
         }
+        // An interface that is administratively down carries nothing; the
+        // heartbeat leaves it out (`/metrics` keeps it, as node_exporter).
+        let root = &self.root;
+        let buf = &mut self.buf;
+        self.cur_net.retain(|n| interface_is_up(root, &n.name, buf));
         snap.network.reserve(self.cur_net.len());
         for (i, cur) in self.cur_net.iter().enumerate() {
             let prev = match self.prev_net.get(i) {
@@ -516,6 +533,24 @@ mod tests {
         assert!(snap.cpu.is_none() && snap.load.is_none() && snap.processes.is_none());
         assert!(snap.disks.is_empty() && snap.filesystems.is_empty());
         assert!(snap.temperatures.is_empty());
+    }
+
+    #[test]
+    fn interfaces_that_are_down_are_left_out_of_the_heartbeat() {
+        let dir = scratch_dir("ifdown");
+        write_file(
+            &dir.join("proc/net/dev"),
+            &std::fs::read_to_string(fixture("vm-2core").join("proc/net/dev")).unwrap(),
+        );
+        write_file(&dir.join("sys/class/net/eth0/flags"), "0x1003\n");
+        write_file(&dir.join("sys/class/net/ifb0/flags"), "0x82\n");
+        // ifb1 has no flags file: kept.
+        let mut sampler = Sampler::new(&dir);
+        sampler.set_categories(Categories::parse("network").unwrap());
+        let snap = sampler.sample();
+        let names: Vec<&str> = snap.network.iter().map(|n| n.interface.as_str()).collect();
+        assert_eq!(names, ["ifb1", "eth0"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
