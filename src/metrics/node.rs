@@ -189,6 +189,25 @@ impl NodeReader {
                 );
             }
         }
+        let guest = "node_cpu_guest_seconds_total";
+        if !self.stat.cores.is_empty() {
+            out.family(
+                guest,
+                "Seconds the CPUs spent in guests (VMs) for each mode.",
+                Kind::Counter,
+            );
+        }
+        for (id, t) in &self.stat.cores {
+            self.label.clear();
+            let _ = write!(self.label, "{id}");
+            for (mode, ticks) in [("nice", t.guest_nice), ("user", t.guest)] {
+                out.sample(
+                    guest,
+                    &[("cpu", &self.label), ("mode", mode)],
+                    ticks as f64 / hz,
+                );
+            }
+        }
         if let Some(intr) = self.stat.intr {
             out.single(
                 "node_intr_total",

@@ -19,6 +19,9 @@ pub struct CpuTicks {
     pub(super) irq: u64,
     pub(super) softirq: u64,
     pub(super) steal: u64,
+    /// Already inside `user`/`nice`; shown apart by node_exporter.
+    pub(super) guest: u64,
+    pub(super) guest_nice: u64,
 }
 
 /// The parts of /proc/stat the snapshot and system info use. Public for
@@ -56,6 +59,8 @@ fn parse_cpu_ticks(fields: &str) -> Option<CpuTicks> {
         irq: next().unwrap_or(0),
         softirq: next().unwrap_or(0),
         steal: next().unwrap_or(0),
+        guest: next().unwrap_or(0),
+        guest_nice: next().unwrap_or(0),
     })
 }
 

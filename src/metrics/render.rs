@@ -64,12 +64,35 @@ impl Snapshot {
         let hwmon = "node_hwmon_temp_celsius";
         let mut started = false;
         for t in &self.temperatures {
-            if let Some(NodeSensor::Hwmon { chip, sensor }) = &t.node {
+            if let Some(NodeSensor::Hwmon { chip, sensor, .. }) = &t.node {
                 if !started {
                     out.family(hwmon, "Hardware monitor for temperature (input)", Gauge);
                     started = true;
                 }
                 out.sample(hwmon, &[("chip", chip), ("sensor", sensor)], t.raw_celsius);
+            }
+        }
+        // One `node_hwmon_chip_names` per chip, in first-seen order.
+        let names = "node_hwmon_chip_names";
+        let mut chips: Vec<(&str, &str)> = Vec::new();
+        for t in &self.temperatures {
+            if let Some(NodeSensor::Hwmon {
+                chip, chip_name, ..
+            }) = &t.node
+            {
+                if !chips.iter().any(|(c, _)| c == chip) {
+                    chips.push((chip, chip_name));
+                }
+            }
+        }
+        if !chips.is_empty() {
+            out.family(
+                names,
+                "Annotation metric for human-readable chip names",
+                Gauge,
+            );
+            for (chip, chip_name) in chips {
+                out.sample(names, &[("chip", chip), ("chip_name", chip_name)], 1.0);
             }
         }
         let zone_name = "node_thermal_zone_temp";

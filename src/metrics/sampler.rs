@@ -654,6 +654,7 @@ mod tests {
             "node_hwmon_temp_celsius{chip=\"acpitz\",sensor=\"temp1\"} 27.8\n",
             "node_thermal_zone_temp{type=\"x86_pkg_temp\",zone=\"10\"} 45\n",
             "node_thermal_zone_temp{type=\"acpitz\",zone=\"0\"} 27.8\n",
+            "node_hwmon_chip_names{chip=\"coretemp\",chip_name=\"coretemp\"} 1\n",
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }

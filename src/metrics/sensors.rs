@@ -151,6 +151,7 @@ pub(super) fn scan_sensors(root: &Path) -> Vec<SensorSource> {
             let repeat = found.iter().any(|(s, r)| s.name == name && *r == reading);
             let node = NodeSensor::Hwmon {
                 chip: node_chip.clone(),
+                chip_name: clean_name(&chip_name),
                 sensor: format!("temp{i}"),
             };
             let source = SensorSource {

@@ -179,8 +179,14 @@ pub struct Temperature {
 pub enum NodeSensor {
     /// `node_thermal_zone_temp{type,zone}`.
     Zone { zone: u64, kind: String },
-    /// `node_hwmon_temp_celsius{chip,sensor}`.
-    Hwmon { chip: String, sensor: String },
+    /// `node_hwmon_temp_celsius{chip,sensor}`; `chip_name` (the chip's
+    /// `name` file) goes into `node_hwmon_chip_names{chip,chip_name}`, which
+    /// dashboards join on.
+    Hwmon {
+        chip: String,
+        chip_name: String,
+        sensor: String,
+    },
 }
 
 impl Snapshot {
