@@ -98,9 +98,12 @@ pub struct Telemetry {
     need_registration: AtomicBool,
     /// What the task table publishes for the other threads.
     pub tasks: Mutex<TaskView>,
-    /// The scrape-time node series reader; its categories are the
-    /// operator's (`OUTPOST_METRICS`).
+    /// The scrape-time node series reader; held for a whole scrape, so
+    /// nothing on the heartbeat path takes it.
     node: Mutex<NodeReader>,
+    /// The operator's categories (`OUTPOST_METRICS`), apart from `node` for
+    /// the heartbeat's sake.
+    node_categories: Categories,
 }
 
 /// The task table's public face, refreshed by the main loop.
@@ -188,23 +191,22 @@ impl Telemetry {
             need_registration: AtomicBool::new(false),
             tasks: Mutex::new(TaskView::default()),
             node: Mutex::new(NodeReader::new("/", Categories::ALL)),
+            node_categories: Categories::ALL,
         }
     }
 
     /// Sets the operator's metric categories (`OUTPOST_METRICS`); what is
     /// off is read neither by scrapes nor, through the metrics thread's own
     /// setting, by snapshots.
-    pub fn with_node_metrics(self, categories: Categories) -> Telemetry {
-        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = NodeReader::new("/", categories);
+    pub fn with_node_metrics(mut self, categories: Categories) -> Telemetry {
+        self.node = Mutex::new(NodeReader::new("/", categories));
+        self.node_categories = categories;
         self
     }
 
     /// The operator's categories.
     pub fn node_metrics(&self) -> Categories {
-        self.node
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .categories()
+        self.node_categories
     }
 
     /// What heartbeats carry now: the manager's last choice within the
