@@ -57,14 +57,17 @@ pub fn run(config: Config) -> Result<i32> {
     let (events, inbox) = mpsc::channel();
     spawn_signal_thread(events.clone())?;
 
-    let telemetry = Arc::new(Telemetry::new(
-        crate::ids::new_uuid(),
-        config.agent_name.clone(),
-        config.manager_url.clone(),
-        config.heartbeat_interval,
-        config.poll_wait,
-        config.pushgateway_url.clone(),
-    ));
+    let telemetry = Arc::new(
+        Telemetry::new(
+            crate::ids::new_uuid(),
+            config.agent_name.clone(),
+            config.manager_url.clone(),
+            config.heartbeat_interval,
+            config.poll_wait,
+            config.pushgateway_url.clone(),
+        )
+        .with_node_metrics(config.metrics),
+    );
     let _ = telemetry.proxy.set(config.proxy.clone());
     // Intake (claims, spool) stops first at shutdown; the rest after the
     // outbox had its chance to drain.
@@ -361,6 +364,7 @@ fn join(threads: Threads) {
 
 fn metrics_loop(telemetry: &Telemetry, stop: &Stop) {
     let mut sampler = Sampler::new("/");
+    sampler.set_categories(telemetry.node_metrics());
     loop {
         let interval = telemetry.session().heartbeat_interval;
         telemetry.progress(Worker::Metrics, interval + Duration::from_secs(10));

@@ -46,6 +46,8 @@ pub struct Config {
     pub tls: crate::tls::TlsFiles,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Metric categories collected at all (section 9's `OUTPOST_METRICS`).
+    pub metrics: crate::metrics::Categories,
     /// Where each setting's value came from, for `--check-config`.
     pub sources: BTreeMap<&'static str, Source>,
     /// Valid but risky choices, said by `--check-config` and at start.
@@ -217,6 +219,12 @@ const SETTINGS: &[Setting] = &[
         flag: Some("--log-format"),
         default: "text",
         meaning: "text or json (one JSON object a line)",
+    },
+    Setting {
+        var: "OUTPOST_METRICS",
+        flag: Some("--metrics"),
+        default: "all",
+        meaning: "metric categories to collect: all, none, or a comma-separated list of cpu, memory, load, filesystems, disks, network, processes, temperatures",
     },
     Setting {
         var: "OUTPOST_PROXY",
@@ -536,6 +544,11 @@ fn resolve(raw: &Raw) -> Result<Config> {
             ));
         }
     };
+    let metrics = match take("OUTPOST_METRICS") {
+        None => crate::metrics::Categories::ALL,
+        Some(text) => crate::metrics::Categories::parse(&text)
+            .map_err(|message| Error::config("OUTPOST_METRICS", message))?,
+    };
 
     let outpost_proxy = take("OUTPOST_PROXY");
     // The standard variables come from the same places as the settings
@@ -568,6 +581,7 @@ fn resolve(raw: &Raw) -> Result<Config> {
         },
         log_level,
         log_format,
+        metrics,
         sources,
         warnings,
         proxy,
@@ -822,6 +836,7 @@ impl Config {
                 },
             ),
             ("OUTPOST_PROXY", self.proxy.describe()),
+            ("OUTPOST_METRICS", self.metrics.to_string()),
         ];
         let mut out = String::new();
         for (name, value) in rows {
@@ -967,6 +982,26 @@ mod tests {
     }
 
     #[test]
+    fn metric_categories_from_flag_environment_and_default() {
+        let c = config(&[], &[]).unwrap();
+        assert_eq!(c.metrics, crate::metrics::Categories::ALL);
+        let c = config(
+            &["--metrics", "cpu,network"],
+            &[("OUTPOST_METRICS", "none")],
+        )
+        .unwrap();
+        assert_eq!(c.metrics.to_string(), "cpu,network");
+        assert_eq!(c.sources["OUTPOST_METRICS"], Source::Flag);
+        assert!(
+            c.describe()
+                .contains("OUTPOST_METRICS=cpu,network  (flag)\n")
+        );
+        let c = config(&[], &[("OUTPOST_METRICS", "none")]).unwrap();
+        assert!(c.metrics.is_empty());
+        assert!(help().contains("--metrics VALUE   sets OUTPOST_METRICS"));
+    }
+
+    #[test]
     fn bad_values_name_their_setting() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (
@@ -986,6 +1021,7 @@ mod tests {
                 "OUTPOST_AGENT_KEY",
             ),
             (&[("OUTPOST_LOG_FORMAT", "xml")], "OUTPOST_LOG_FORMAT"),
+            (&[("OUTPOST_METRICS", "cpu,gpu")], "OUTPOST_METRICS"),
             (&[("OUTPOST_LOG_LEVEL", "loud")], "OUTPOST_LOG_LEVEL"),
             (
                 &[("OUTPOST_ALLOW_HTTP_CONFIG", "maybe")],

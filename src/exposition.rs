@@ -31,8 +31,15 @@ impl Exposition {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
         };
-        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        self.text.push_str("# HELP ");
+        self.text.push_str(name);
+        self.text.push(' ');
+        push_escaped(&mut self.text, help, false);
+        self.text.push_str("\n# TYPE ");
+        self.text.push_str(name);
+        self.text.push(' ');
+        self.text.push_str(kind);
+        self.text.push('\n');
         self
     }
 
@@ -45,7 +52,12 @@ impl Exposition {
                 if i > 0 {
                     self.text.push(',');
                 }
-                let _ = write!(self.text, "{label}=\"{}\"", escape_label(value));
+                // Escaped straight into the document: a scrape writes
+                // hundreds of labels, and an allocation for each showed.
+                self.text.push_str(label);
+                self.text.push_str("=\"");
+                push_escaped(&mut self.text, value, true);
+                self.text.push('"');
             }
             self.text.push('}');
         }
@@ -77,14 +89,21 @@ fn write_value(out: &mut String, value: f64) {
     }
 }
 
-fn escape_help(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-fn escape_label(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends `text` escaped as the format wants: backslash and newline
+/// always, the double quote too in a label value.
+fn push_escaped(out: &mut String, text: &str, label: bool) {
+    if !text.contains(['\\', '\n', '"']) {
+        out.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if label => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::backoff::Backoff;
 use crate::clock;
 use crate::event::Event;
 use crate::manager::{Capabilities, Endpoint, Failure, Manager, RegisterRequest};
-use crate::metrics::Snapshot;
+use crate::metrics::{Categories, HeartbeatMetrics};
 use crate::state::{Identity, StateDir};
 use crate::stop::Stop;
 use crate::telemetry::{Telemetry, Worker};
@@ -33,7 +33,7 @@ struct HeartbeatRequest<'a> {
     seq: u64,
     sent_at: String,
     uptime_s: f64,
-    metrics: Option<&'a Snapshot>,
+    metrics: Option<HeartbeatMetrics<'a>>,
     tasks: Vec<serde_json::Value>,
     pending_updates: u64,
 }
@@ -195,19 +195,25 @@ impl Heartbeat {
             Some(None) => None,
             Some(Some(url)) => Some(url.trim_end_matches('/').to_string()),
         };
+        // Lasts until the next registration, which resets it when absent.
+        session.heartbeat_metrics = answer
+            .metrics
+            .as_ref()
+            .and_then(Categories::from_manager_value);
     }
 
     fn beat(&self, agent_id: &str, seq: u64) -> Result<(), Failure> {
         let snapshot = self.telemetry.snapshot();
         // One guard at a time: two in one expression would deadlock.
         let view = self.telemetry.task_view().clone();
+        let categories = self.telemetry.heartbeat_categories();
         let body = HeartbeatRequest {
             agent_id,
             instance_id: &self.telemetry.instance_id,
             seq,
             sent_at: clock::rfc3339(SystemTime::now()),
             uptime_s: (self.telemetry.uptime().as_secs_f64() * 10.0).round() / 10.0,
-            metrics: snapshot.as_deref(),
+            metrics: snapshot.as_deref().map(|s| s.for_heartbeat(categories)),
             tasks: view.reports,
             pending_updates: view.outbox_pending as u64,
         };
@@ -229,6 +235,16 @@ impl Heartbeat {
                             clock::format_duration(interval)
                         );
                         session.heartbeat_interval = interval;
+                    }
+                }
+                if let Some(value) = &answer.metrics {
+                    let chosen = Categories::from_manager_value(value);
+                    if chosen != session.heartbeat_metrics {
+                        log::info!(
+                            "manager set the heartbeat's metric categories to {}",
+                            chosen.map_or("the agent's own".into(), |c| c.to_string())
+                        );
+                        session.heartbeat_metrics = chosen;
                     }
                 }
                 Ok(())

@@ -114,6 +114,10 @@ pub struct RegisterAnswer {
     /// registration (section 3.1).
     #[serde(default, deserialize_with = "present")]
     pub pushgateway_url: Option<Option<String>>,
+    /// Heartbeat metric categories (section 3.1); kept raw so that a bad
+    /// value cannot fail the whole answer (`Categories::from_manager_value`).
+    #[serde(default, deserialize_with = "present")]
+    pub metrics: Option<serde_json::Value>,
 }
 
 /// Tells a field that is present (even as `null`) from one that is absent.
@@ -129,6 +133,10 @@ where
 pub struct HeartbeatAnswer {
     #[serde(default)]
     pub heartbeat_interval_s: Option<f64>,
+    /// As in [`RegisterAnswer`]; `None` when the field is absent, and
+    /// `Some(Null)` for an explicit `null`.
+    #[serde(default, deserialize_with = "present")]
+    pub metrics: Option<serde_json::Value>,
 }
 
 /// Cheap to clone: clones share one connection pool and TLS setup.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::clock;
 use crate::exposition::{Exposition, Kind};
 use crate::manager::Endpoint;
-use crate::metrics::Snapshot;
+use crate::metrics::{Categories, NodeReader, Snapshot};
 
 /// Facts about the manager session, changed together under one lock.
 #[derive(Clone, Debug)]
@@ -31,6 +31,10 @@ pub struct Session {
     pub last_heartbeat_ok: Option<(Instant, SystemTime)>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
+    /// The manager's `metrics` choice for heartbeats (sections 3.1, 3.2);
+    /// `None`: what the operator collects. Never wider than that: see
+    /// [`Telemetry::heartbeat_categories`].
+    pub heartbeat_metrics: Option<Categories>,
 }
 
 /// The settings a register answer may override, as configured.
@@ -107,6 +111,12 @@ pub struct Telemetry {
     need_registration: AtomicBool,
     /// What the task table publishes for the other threads.
     pub tasks: Mutex<TaskView>,
+    /// The scrape-time node series reader; held for a whole scrape, so
+    /// nothing on the heartbeat path takes it.
+    node: Mutex<NodeReader>,
+    /// The operator's categories (`OUTPOST_METRICS`), apart from `node` for
+    /// the heartbeat's sake.
+    node_categories: Categories,
 }
 
 /// The task table's public face, refreshed by the main loop.
@@ -121,11 +131,26 @@ pub struct TaskView {
     pub finished: std::collections::BTreeMap<(String, String), u64>,
     /// Collectors: (name, restarts, process up, cpu percent, rss bytes).
     pub collectors: Vec<(String, u32, bool, f64, u64)>,
+    /// CPU and memory of each task with a live process, for the
+    /// `outpost_task_*` series.
+    pub usage: Vec<TaskUsage>,
     /// The state directory refuses writes: the latest error, and since
     /// when. Claiming and the spool pause meanwhile.
     pub storage_fault: Option<(String, SystemTime)>,
     /// Writes to the state directory that failed, this instance.
     pub storage_write_errors: u64,
+}
+
+/// One task's process usage as `/metrics` shows it.
+#[derive(Clone, Debug, Default)]
+pub struct TaskUsage {
+    pub task_id: String,
+    pub type_name: &'static str,
+    /// Collectors' name.
+    pub name: Option<String>,
+    /// utime + stime of the task's process since it started.
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
 }
 
 impl TaskView {
@@ -164,6 +189,7 @@ impl Telemetry {
                 last_heartbeat_ok: None,
                 last_error: None,
                 consecutive_failures: 0,
+                heartbeat_metrics: None,
             }),
             proxy: std::sync::OnceLock::new(),
             snapshot: Mutex::new(None),
@@ -183,6 +209,32 @@ impl Telemetry {
             invalid_task_ids: AtomicU64::new(0),
             need_registration: AtomicBool::new(false),
             tasks: Mutex::new(TaskView::default()),
+            node: Mutex::new(NodeReader::new("/", Categories::ALL)),
+            node_categories: Categories::ALL,
+        }
+    }
+
+    /// Sets the operator's metric categories (`OUTPOST_METRICS`); what is
+    /// off is read neither by scrapes nor, through the metrics thread's own
+    /// setting, by snapshots.
+    pub fn with_node_metrics(mut self, categories: Categories) -> Telemetry {
+        self.node = Mutex::new(NodeReader::new("/", categories));
+        self.node_categories = categories;
+        self
+    }
+
+    /// The operator's categories.
+    pub fn node_metrics(&self) -> Categories {
+        self.node_categories
+    }
+
+    /// What heartbeats carry now: the manager's last choice within the
+    /// operator's (the operator's word on the device wins, section 5).
+    pub fn heartbeat_categories(&self) -> Categories {
+        let operator = self.node_metrics();
+        match self.session().heartbeat_metrics {
+            Some(manager) => manager.intersect(operator),
+            None => operator,
         }
     }
 
@@ -452,27 +504,8 @@ impl Telemetry {
                     f64::from(*restarts),
                 );
             }
-            exp.family(
-                "outpost_collector_cpu_percent",
-                "CPU use of the collector's process, percent of one core.",
-                Kind::Gauge,
-            );
-            for (name, _, _, cpu, _) in &view.collectors {
-                exp.sample("outpost_collector_cpu_percent", &[("name", name)], *cpu);
-            }
-            exp.family(
-                "outpost_collector_rss_bytes",
-                "Resident memory of the collector's process.",
-                Kind::Gauge,
-            );
-            for (name, _, _, _, rss) in &view.collectors {
-                exp.sample(
-                    "outpost_collector_rss_bytes",
-                    &[("name", name)],
-                    *rss as f64,
-                );
-            }
         }
+        write_task_usage(&mut exp, &view.usage);
         exp.single(
             "outpost_outbox_pending",
             "Status updates waiting in the durable outbox.",
@@ -531,9 +564,12 @@ impl Telemetry {
             Kind::Counter,
             load(&self.invalid_task_ids),
         );
-        if let Some(snapshot) = self.snapshot() {
-            snapshot.write_prometheus(&mut exp);
-        }
+        let snapshot = self.snapshot();
+        self.node.lock().unwrap_or_else(|p| p.into_inner()).write(
+            &mut exp,
+            snapshot.as_deref(),
+            SystemTime::now(),
+        );
         exp.finish()
     }
 }
@@ -571,6 +607,50 @@ impl Telemetry {
             line.push_str(error);
         }
         line
+    }
+}
+
+/// `outpost_task_cpu_seconds_total` and `outpost_task_memory_rss_bytes`
+/// (section 7.1): counters and levels, so Prometheus works out rates.
+fn write_task_usage(exp: &mut Exposition, usage: &[TaskUsage]) {
+    if usage.is_empty() {
+        return;
+    }
+    type Field = fn(&TaskUsage) -> f64;
+    let families: [(&str, &str, Kind, Field); 2] = [
+        (
+            "outpost_task_cpu_seconds_total",
+            "CPU time (user + system) of the task's process.",
+            Kind::Counter,
+            |u| u.cpu_seconds,
+        ),
+        (
+            "outpost_task_memory_rss_bytes",
+            "Resident memory of the task's process.",
+            Kind::Gauge,
+            |u| u.rss_bytes as f64,
+        ),
+    ];
+    for (family, help, kind, get) in families {
+        exp.family(family, help, kind);
+        for u in usage {
+            match &u.name {
+                Some(name) => exp.sample(
+                    family,
+                    &[
+                        ("task_id", &u.task_id),
+                        ("type", u.type_name),
+                        ("name", name),
+                    ],
+                    get(u),
+                ),
+                None => exp.sample(
+                    family,
+                    &[("task_id", &u.task_id), ("type", u.type_name)],
+                    get(u),
+                ),
+            };
+        }
     }
 }
 

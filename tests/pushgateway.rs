@@ -72,8 +72,7 @@ fn pushes_every_interval_and_the_series_read_back() {
     eventually("agent series at the Pushgateway", 10 * SECOND, || {
         let text = pgw.metrics();
         text.contains("outpost_uptime_seconds{instance=\"edge-17\",job=\"outpost\"}")
-            && text
-                .contains("outpost_node_memory_total_bytes{instance=\"edge-17\",job=\"outpost\"}")
+            && text.contains("node_memory_MemTotal_bytes{instance=\"edge-17\",job=\"outpost\"}")
     });
     eventually("pushes counted", 10 * SECOND, || {
         let (_, metrics) = agent.get("/metrics");

@@ -1,4 +1,4 @@
-//! Fuzz target: the /proc and /sys text parsers of `metrics.rs` and
+//! Fuzz target: the /proc and /sys text parsers of `metrics/` and
 //! `sysinfo.rs`.
 //!
 //! The kernel writes these files, but containers, gVisor, old kernels and
@@ -32,6 +32,12 @@ fuzz_target!(|data: &[u8]| {
             if let Some((load, _tasks)) = metrics::parse_loadavg(&text) {
                 assert!(load.one.is_finite() && load.five.is_finite() && load.fifteen.is_finite());
             }
+            // `/metrics` reads loadavg without the f32 trip; the process
+            // scan reads /proc/<pid>/stat lines, whose command name is free.
+            if let Some(loads) = metrics::parse_load_exact(&text) {
+                assert!(loads.iter().all(|l| l.is_finite()));
+            }
+            let _ = metrics::parse_pid_stat(&text);
         }
         5 => {
             if let Some(up) = metrics::parse_uptime(&text) {
@@ -127,21 +133,17 @@ fn mountinfo(text: &str) {
     }
 }
 
-/// /proc/diskstats lines as `Sampler::sample_disks` reads them (procfs's
-/// line parser), then the name rules that decide which devices count.
+/// /proc/diskstats lines as the sampler and `/metrics` read them, then the
+/// name rules that decide which devices count.
 fn diskstats(text: &str) {
     for line in text.lines() {
-        let name = match procfs::DiskStat::from_line(line) {
-            Ok(d) => d.name,
-            Err(_) => line
-                .split_ascii_whitespace()
-                .nth(2)
-                .unwrap_or(line)
-                .to_owned(),
+        let name = match metrics::parse_diskstats_line(line) {
+            Some((name, _)) => name,
+            None => line.split_ascii_whitespace().nth(2).unwrap_or(line),
         };
-        let _ = metrics::is_virtual_disk(&name);
-        let _ = metrics::looks_like_partition(&name);
-        let _ = sysinfo::is_virtual_block(&name);
+        let _ = metrics::is_virtual_disk(name);
+        let _ = metrics::looks_like_partition(name);
+        let _ = sysinfo::is_virtual_block(name);
     }
 }
 

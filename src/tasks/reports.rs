@@ -86,6 +86,22 @@ impl Tasks {
                 ))
             })
             .collect();
+        // Whole CPU seconds for `/metrics`: Prometheus works out the rate.
+        let usage = self
+            .live
+            .values()
+            .filter(|l| l.process.is_some())
+            .filter_map(|l| {
+                let (ticks, _, _, rss) = l.usage?;
+                Some(crate::telemetry::TaskUsage {
+                    task_id: l.task.id.clone(),
+                    type_name: l.task.kind.type_name(),
+                    name: l.collector.as_ref().map(|c| c.name.clone()),
+                    cpu_seconds: ticks as f64 / hz,
+                    rss_bytes: rss,
+                })
+            })
+            .collect();
         let pending = self.outbox.as_ref().map_or(0, |o| o.len());
         let full = self.outbox.as_ref().is_some_and(|o| o.is_full());
         let free = self.free_slots();
@@ -96,6 +112,7 @@ impl Tasks {
         view.outbox_full = full;
         view.finished = self.finished.clone();
         view.collectors = collectors;
+        view.usage = usage;
         view.storage_fault = self.storage.fault.clone();
         view.storage_write_errors = self.storage.write_errors;
     }

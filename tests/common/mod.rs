@@ -746,3 +746,56 @@ pub fn require_tool(tool: &str, package: &str) {
         "{tool} is not installed: apt-get install {package} (the README's test command does)"
     );
 }
+
+/// `promtool check metrics` on `text`: the lint findings it printed (one
+/// line each), or the error when promtool could not parse the text at all.
+pub fn promtool_findings(text: &str) -> Result<Vec<String>, String> {
+    use std::io::Write;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (.ci/deps installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exit status 3 means lint findings only; anything else but 0 is an
+    // error in the text itself.
+    match out.status.code() {
+        Some(0) | Some(3) => Ok(printed
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()),
+        _ => Err(printed),
+    }
+}
+
+/// promtool's one finding allowed on `/metrics`: its camelCase lint on
+/// node_exporter's own `node_memory_*` names (node_exporter's output gets
+/// exactly the same; the names are kept so dashboards work).
+pub fn is_node_memory_camel_case_lint(finding: &str) -> bool {
+    finding.starts_with("node_memory_")
+        && finding.ends_with("metric names should be written in 'snake_case' not 'camelCase'")
+}
+
+/// `text` passes promtool but for [`is_node_memory_camel_case_lint`].
+pub fn assert_promtool_clean(text: &str) {
+    let findings = promtool_findings(text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    let other: Vec<&String> = findings
+        .iter()
+        .filter(|f| !is_node_memory_camel_case_lint(f))
+        .collect();
+    assert!(other.is_empty(), "promtool findings {other:?} in\n{text}");
+}
