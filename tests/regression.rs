@@ -119,11 +119,11 @@ fn the_agent_process_is_not_dumpable() {
         .spawn()
         .expect("setpriv (util-linux)");
     let pid = child.id();
+    // The agent has started (setpriv's setuid and exec are done) once it
+    // has made inbox/ as nobody; looking earlier would see setpriv.
+    let inbox = state_dir.join("inbox");
     eventually("the agent running as nobody", 10 * SECOND, || {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.contains("65534"))
-        })
+        inbox.is_dir()
     });
     let owner = std::fs::metadata(format!("/proc/{pid}/environ"))
         .unwrap()
