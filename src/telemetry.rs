@@ -347,6 +347,11 @@ impl Telemetry {
                 "heartbeat_interval_s": session.heartbeat_interval.as_secs_f64(),
                 "poll_wait_s": session.poll_wait.as_secs_f64(),
                 "pushgateway_url": session.pushgateway_url,
+                "heartbeat_metrics": session
+                    .heartbeat_metrics
+                    .unwrap_or(self.node_categories)
+                    .intersect(self.node_categories)
+                    .to_string(),
                 "last_heartbeat_ok_at": session.last_heartbeat_ok.map(|(_, at)| clock::rfc3339(at)),
                 "last_heartbeat_ok_ago_s": self.last_heartbeat_ago(&session),
                 "consecutive_failures": session.consecutive_failures,
@@ -354,6 +359,7 @@ impl Telemetry {
                 "heartbeats_sent": self.heartbeats_sent.load(Ordering::Relaxed),
                 "heartbeats_failed": self.heartbeats_failed.load(Ordering::Relaxed),
             },
+            "metrics": self.node_categories.to_string(),
             "tasks": view.reports,
             "outbox": {
                 "pending": view.outbox_pending,

@@ -262,3 +262,38 @@ fn processes_by_state_count_a_stopped_process_and_a_zombie() {
     let mut zombie = zombie;
     let _ = zombie.wait();
 }
+
+#[test]
+fn a_running_task_has_cpu_seconds_and_rss_series() {
+    let manager = FakeManager::start();
+    let agent = Agent::with_manager(&manager, &[("OUTPOST_COLLECTOR_CMD", "/bin/sh {config}")]);
+    // A collector that burns some CPU, then sleeps (exec keeps the pid).
+    let config = "i=0\nwhile [ $i -lt 300000 ]; do i=$((i+1)); done\nexec sleep 3600\n";
+    manager.hand_out(json!({"id": "busy-1", "type": "collector_start",
+                            "payload": {"name": "busy", "config": config}}));
+    manager.wait_state("busy-1", "running", 20 * SECOND);
+    let labels = "{task_id=\"busy-1\",type=\"collector_start\",name=\"busy\"}";
+    let value = |body: &str, family: &str| -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{family}{labels} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    let deadline = Instant::now() + 20 * SECOND;
+    loop {
+        let (_, body) = agent.get("/metrics");
+        let cpu = value(&body, "outpost_task_cpu_seconds_total");
+        let rss = value(&body, "outpost_task_memory_rss_bytes");
+        if cpu.is_some_and(|c| c >= 0.05) && rss.is_some_and(|r| r > 0.0) {
+            assert!(body.contains("# TYPE outpost_task_cpu_seconds_total counter\n"));
+            assert!(body.contains("# TYPE outpost_task_memory_rss_bytes gauge\n"));
+            // No percentages on /metrics, for tasks either.
+            assert!(!body.contains("_percent"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no task series with CPU seconds:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -68,7 +68,10 @@
 //!   without `sys/block` falls back to a name rule (`sda1`, `vda2`, `nvme0n1p1`,
 //!   `mmcblk0p1` are partitions). Byte rates use 512-byte sectors, the unit of
 //!   diskstats whatever the hardware sector size.
-//! - **Network.** From `/proc/net/dev`, all interfaces but `lo`. Error and drop
+//! - **Network.** From `/proc/net/dev`, all interfaces but `lo` and those
+//!   administratively down (`IFF_UP` clear in `/sys/class/net/<if>/flags`:
+//!   they carry nothing, and idle `ifb` devices were a fifth of a heartbeat);
+//!   `/metrics` shows them all, as node_exporter does. Error and drop
 //!   figures are counters since boot, so they are present on the first sample.
 //! - **Rates.** Over the monotonic time between this sample and the previous
 //!   one. A device that is new, or whose counter went backwards (driver reload,
