@@ -138,15 +138,10 @@ impl Fetcher {
         let mut current = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
             check_url(&current, self.policy).map_err(FetchError)?;
-            let via = match self.proxy.route(&current) {
-                crate::proxy::Route::Via(p) => {
-                    if !self.policy.allow_link_local {
-                        refuse_link_local_name(&current).map_err(FetchError)?;
-                    }
-                    format!(" (through proxy {p})")
-                }
-                _ => String::new(),
-            };
+            let via = self.proxy.via(&current);
+            if !via.is_empty() && !self.policy.allow_link_local {
+                refuse_link_local_name(&current).map_err(FetchError)?;
+            }
             let mut response = self
                 .agent
                 .get(&current)

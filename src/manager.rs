@@ -178,10 +178,7 @@ impl Manager {
             .proxy(config.proxy.for_url(&base))
             .build()
             .new_agent();
-        let via = match config.proxy.route(&base) {
-            crate::proxy::Route::Via(proxy) => format!(" (through proxy {proxy})"),
-            _ => String::new(),
-        };
+        let via = config.proxy.via(&base);
         Ok(Manager {
             via,
             agent,

@@ -294,6 +294,15 @@ impl ProxyRule {
         }
     }
 
+    /// ` (through proxy http://user:***@host:port)` for a URL that goes
+    /// through one, else nothing: the tail of every error line of a link.
+    pub fn via(&self, url: &str) -> String {
+        match self.route(url) {
+            Route::Via(proxy) => format!(" (through proxy {proxy})"),
+            _ => String::new(),
+        }
+    }
+
     /// One line for `--check-config`.
     pub fn describe(&self) -> String {
         if self.off {

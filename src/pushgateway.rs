@@ -51,11 +51,7 @@ pub fn run(
             let body = telemetry.render_metrics();
             // The URL can change at each registration: the proxy is chosen
             // for each push.
-            let route = proxy.route(&url);
-            let via = match &route {
-                crate::proxy::Route::Via(p) => format!(" (through proxy {p})"),
-                _ => String::new(),
-            };
+            let via = proxy.via(&url);
             let outcome = agent
                 .put(&url)
                 .header("Content-Type", "text/plain; version=0.0.4")
