@@ -35,10 +35,12 @@ if wait_for 90 registered; then
 else
     fail manager-register "outpost is $(unit_prop outpost ActiveState): $(unit_prop outpost StatusText)"
 fi
-check manager-env-check-config /usr/local/bin/outpost --check-config --env-file /etc/outpost/agent.env
+check manager-env-check-config /usr/local/bin/outpost --check-config --env-file /etc/outpost/agent.env --key-file /etc/outpost/agent.key
 # shellcheck disable=SC2317
 headers_ok() {
-    json "$fm/headers.json" 'j.get("X-API-Version") == "1" and j.get("X-Agent-Name") == "'"$(hostname)"'" and j.get("User-Agent", "").startswith("outpost/")' | grep -qx True
+    local out
+    out=$(json "$fm/headers.json" 'j.get("x-api-version") == "1" and j.get("x-agent-name") == "'"$(hostname)"'" and j.get("user-agent", "").startswith("outpost/") or j')
+    [ "$out" = True ] || { echo "register headers: $out"; return 1; }
 }
 check manager-headers headers_ok
 # shellcheck disable=SC2317

@@ -5,7 +5,7 @@ Usage: fake-manager.py PORT KEY STATE_DIR TASKS_JSON
 Answers register, heartbeat, claim (hands each task of TASKS_JSON, a JSON
 list of Tasks, out once) and status; any other key than KEY gets 401. What it
 saw goes to STATE_DIR: register.jsonl, heartbeat.count, status/<task>.jsonl,
-headers.json (the last register's headers, the key masked).
+headers.json (the last register's headers, names in lower case, without the key).
 """
 import json
 import os
@@ -52,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
         path = urlparse(self.path).path
         if path == "/v1/agent/register":
             append("register.jsonl", body)
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "x-agent-key"}
+            headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "x-agent-key"}
             with LOCK, open(os.path.join(STATE, "headers.json"), "w") as f:
                 json.dump(headers, f)
             return self.answer(200, {"agent_id": "boot-agent-1", "heartbeat_interval_s": 1, "poll_wait_s": 2})

@@ -14,7 +14,6 @@ if apt_out=$(apt-get update -q 2>&1 && apt-get install -y -q --no-install-recomm
 else
     fail packages-from-site-mirror "$(echo "$apt_out" | tail -n 3)"
 fi
-update-ca-certificates >/dev/null 2>&1
 
 # --- install.sh on a fresh guest --------------------------------------------------
 if bash "$dir/systemd/install.sh" "$dir/outpost" >/run/install-1.log 2>&1; then

@@ -17,8 +17,8 @@ if [[ $ci_status == *"status: done"* ]] && [ "$ci_errors" = "[]" ]; then
 else
     fail cloud-init-done "$ci_status; errors: $ci_errors; $(grep -E 'WARNING|ERROR|Traceback' /var/log/cloud-init.log | tail -n 3)"
 fi
-warnings=$(grep -c -E ' (WARNING|ERROR)' /var/log/cloud-init.log)
-[ "$warnings" -eq 0 ] || info "cloud-init.log has $warnings WARNING/ERROR lines, e.g.: $(grep -m 3 -E ' (WARNING|ERROR)' /var/log/cloud-init.log | tr '\n' ' ' | cut -c1-400)"
+warnings=$(grep -c -E '\[(WARNING|ERROR)\]' /var/log/cloud-init.log)
+[ "$warnings" -eq 0 ] || info "cloud-init.log has $warnings WARNING/ERROR lines (not counted as errors): $(grep -m 3 -E '\[(WARNING|ERROR)\]' /var/log/cloud-init.log | tr '\n' ' ' | cut -c1-500)"
 check runcmd-installed-binary grep -q "^outpost [0-9]" /var/log/cloud-init-output.log
 installed() {
     local p
