@@ -47,6 +47,16 @@ user_ok() {
 check system-user user_ok
 check env-file-check-config /usr/local/bin/outpost --check-config --env-file /etc/outpost/agent.env
 
+# The site's CA, installed the Debian way by the early stage.
+# shellcheck disable=SC2317 # called through wait_for
+ca_done() { [ "$(unit_prop outpost-boot-ca ActiveState)" != activating ]; }
+ca_in_store() {
+    wait_for 300 ca_done || { echo "update-ca-certificates still running after 300 s"; return 1; }
+    grep -qF "$(sed -n 2p "$dir/ca.crt")" /etc/ssl/certs/ca-certificates.crt ||
+        { echo "the CA is not in /etc/ssl/certs/ca-certificates.crt"; return 1; }
+}
+check private-ca-in-system-store ca_in_store
+
 # --- the running service --------------------------------------------------------
 if wait_for 180 outpost_active; then
     pass ready "READY=1 at $(cut -d' ' -f1 /proc/uptime) s; StatusText: $(unit_prop outpost StatusText)"
