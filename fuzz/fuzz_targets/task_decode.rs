@@ -67,7 +67,10 @@ fn check_task(value: &Value, task: &payload::Task) {
     match &task.kind {
         Kind::IperfServer(s) => {
             assert!(s.port >= 1024);
-            values_are_not_options(&iperf::server_args(s), &["-p", "-B"]);
+            values_are_not_options(
+                &iperf::server_args(s, true),
+                &["-p", "-B", "--rcv-timeout", "--snd-timeout"],
+            );
         }
         Kind::IperfClient(c) => {
             values_are_not_options(
