@@ -244,7 +244,7 @@ create_once "$ENV_FILE" 0640 "0:${GID:-0}" <<'EOF'
 # One NAME=value a line; `outpost --help` lists every setting. After a change:
 #   systemctl restart outpost
 # Check a file before restarting:
-#   outpost --check-config --env-file /etc/outpost/agent.env
+#   outpost --check-config --env-file /etc/outpost/agent.env --key-file /etc/outpost/agent.key
 #
 # Manager base URL; unset = manager-less mode (tasks only from the inbox spool).
 #OUTPOST_MANAGER_URL=https://manager.example.com
