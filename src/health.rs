@@ -102,8 +102,12 @@ impl Responder {
             // Serve existing connections first, then admit new ones, so
             // indices from the poll still match.
             let mut keep = Vec::with_capacity(connections.len());
+            // Every /metrics request of one round gets one rendering: a
+            // burst of scrapes costs one read of /proc, and a /health
+            // behind them does not wait for dozens of renderings.
+            let mut metrics_this_round = None;
             for (connection, flags) in connections.drain(..).zip(ready.iter().skip(1)) {
-                if let Some(c) = self.advance(connection, *flags) {
+                if let Some(c) = self.advance(connection, *flags, &mut metrics_this_round) {
                     keep.push(c);
                 }
             }
@@ -157,7 +161,12 @@ impl Responder {
     }
 
     /// Moves one connection along; `None` once it is finished or broken.
-    fn advance(&self, mut c: Connection, flags: PollFlags) -> Option<Connection> {
+    fn advance(
+        &self,
+        mut c: Connection,
+        flags: PollFlags,
+        metrics: &mut Option<String>,
+    ) -> Option<Connection> {
         if flags.is_empty() {
             return Some(c);
         }
@@ -169,7 +178,7 @@ impl Responder {
                     Ok(n) => {
                         let room = MAX_HEAD_BYTES + 4 - c.head.len();
                         c.head.extend_from_slice(&buf[..n.min(room)]);
-                        if let Some(answer) = self.answer_for(&c.head) {
+                        if let Some(answer) = self.answer_for(&c.head, metrics) {
                             c.answer = Some(answer);
                             break;
                         }
@@ -200,7 +209,7 @@ impl Responder {
 
     /// The full answer once `head` holds a whole request head (or proves it
     /// never will); `None` while more bytes are needed.
-    fn answer_for(&self, head: &[u8]) -> Option<Vec<u8>> {
+    fn answer_for(&self, head: &[u8], metrics: &mut Option<String>) -> Option<Vec<u8>> {
         let end = find_head_end(head);
         if end.is_none() && head.len() <= MAX_HEAD_BYTES {
             return None;
@@ -211,12 +220,12 @@ impl Responder {
             _ => Err(Refusal::HeadTooLarge),
         };
         Some(match request {
-            Ok(request) => self.route(&request),
+            Ok(request) => self.route(&request, metrics),
             Err(refusal) => refusal.response(),
         })
     }
 
-    fn route(&self, request: &Request) -> Vec<u8> {
+    fn route(&self, request: &Request, metrics: &mut Option<String>) -> Vec<u8> {
         let page = match request.path.as_str() {
             "/health" => Some((200, "application/json", self.telemetry.health_json())),
             "/ready" => {
@@ -230,7 +239,9 @@ impl Responder {
             "/metrics" => Some((
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.telemetry.render_metrics(),
+                metrics
+                    .get_or_insert_with(|| self.telemetry.render_metrics())
+                    .clone(),
             )),
             "/status" => Some((200, "application/json", self.telemetry.status_json())),
             _ => None,
