@@ -733,16 +733,75 @@ struct FsUsage {
 }
 
 fn statvfs_usage(path: &Path) -> Option<FsUsage> {
-    let s = nix::sys::statvfs::statvfs(path).ok()?;
-    let unit = match s.fragment_size() {
-        0 => s.block_size(),
-        f => f,
-    } as u64;
-    Some(FsUsage {
-        total: (s.blocks() as u64).saturating_mul(unit),
-        free: (s.blocks_free() as u64).saturating_mul(unit),
-        avail: (s.blocks_available() as u64).saturating_mul(unit),
-    })
+    match statvfs_wide(path) {
+        Ok(usage) => Some(usage),
+        Err(e) => {
+            warn_once_statvfs(path, e);
+            None
+        }
+    }
+}
+
+/// A filesystem that cannot be measured is left out of the snapshot; the
+/// first failure for each mount point says so, later ones are quiet.
+fn warn_once_statvfs(path: &Path, e: nix::errno::Errno) {
+    static SAID: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut said = lock(&SAID);
+    if said.iter().any(|p| p == path) || said.len() >= 4 * MAX_FILESYSTEMS {
+        return;
+    }
+    said.push(path.to_owned());
+    log::warn!(
+        "statvfs of {} failed: {e}; it is left out of the filesystem metrics (said once)",
+        path.display()
+    );
+}
+
+/// Bytes from block counts, in the fragment size (the unit of the counts).
+fn usage_from(frsize: u64, bsize: u64, blocks: u64, bfree: u64, bavail: u64) -> FsUsage {
+    let unit = if frsize == 0 { bsize } else { frsize };
+    FsUsage {
+        total: blocks.saturating_mul(unit),
+        free: bfree.saturating_mul(unit),
+        avail: bavail.saturating_mul(unit),
+    }
+}
+
+/// `statvfs(3)` with 64-bit block counts. On 32-bit glibc the plain call
+/// (nix's) fails with EOVERFLOW above 2^32 blocks (16 TiB at 4 KiB), so
+/// `statvfs64` is called there; musl and 64-bit glibc count in 64 bits anyway.
+#[cfg(all(target_env = "gnu", target_pointer_width = "32"))]
+fn statvfs_wide(path: &Path) -> nix::Result<FsUsage> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    let mut buf = std::mem::MaybeUninit::<nix::libc::statvfs64>::uninit();
+    // SAFETY: `c_path` is a NUL-terminated string that lives across the call,
+    // and `buf` is a writable `statvfs64` of the right size and alignment,
+    // which the call only writes to.
+    let rc = unsafe { nix::libc::statvfs64(c_path.as_ptr(), buf.as_mut_ptr()) };
+    nix::errno::Errno::result(rc)?;
+    // SAFETY: `statvfs64` returned 0, so it filled in the whole struct.
+    let s = unsafe { buf.assume_init() };
+    Ok(usage_from(
+        s.f_frsize as u64,
+        s.f_bsize as u64,
+        s.f_blocks,
+        s.f_bfree,
+        s.f_bavail,
+    ))
+}
+
+#[cfg(not(all(target_env = "gnu", target_pointer_width = "32")))]
+fn statvfs_wide(path: &Path) -> nix::Result<FsUsage> {
+    let s = nix::sys::statvfs::statvfs(path)?;
+    Ok(usage_from(
+        s.fragment_size() as u64,
+        s.block_size() as u64,
+        s.blocks() as u64,
+        s.blocks_free() as u64,
+        s.blocks_available() as u64,
+    ))
 }
 
 enum ProbeReply {
@@ -1996,6 +2055,55 @@ mod tests {
         );
         promtool_check(&text);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A directory with a tmpfs mounted on it for one test (root only, as the
+    /// README's test command runs), unmounted when dropped.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_filesystem_of_more_than_2_32_blocks_is_in_the_snapshot() {
+        // 20 TiB of tmpfs is 5.4e9 blocks of 4 KiB: past 2^32, where 32-bit
+        // glibc's statvfs fails with EOVERFLOW. tmpfs takes no memory for it.
+        let root = scratch_dir("big-fs");
+        let mount_point = root.join("big");
+        std::fs::create_dir_all(&mount_point).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=20T,mode=0700", "tmpfs"])
+            .arg(&mount_point)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (this test needs root, as the README's test command has): {}",
+            mount_point.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mounted = Mounted(mount_point.clone());
+        // tmpfs is a pseudo filesystem, which snapshots leave out, so this
+        // root's mountinfo calls it xfs; the statvfs is the real one's.
+        write_file(
+            &root.join("proc/self/mountinfo"),
+            "90 1 0:99 / /big rw,relatime shared:9 - xfs /dev/big rw\n",
+        );
+        let snap = Sampler::new(&root).sample();
+        drop(mounted);
+        std::fs::remove_dir_all(&root).unwrap();
+        let fs = snap
+            .filesystems
+            .iter()
+            .find(|f| f.mount == "/big")
+            .unwrap_or_else(|| panic!("no /big in {:?}", snap.filesystems));
+        assert_eq!(fs.total_bytes, 20 << 40);
+        assert_eq!(fs.free_bytes, 20 << 40);
+        assert_eq!(fs.available_bytes, 20 << 40);
+        assert_eq!(fs.usage_percent, 0.0);
     }
 
     fn fake_probe(path: &Path) -> Option<FsUsage> {
