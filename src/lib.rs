@@ -31,6 +31,8 @@ pub mod sysinfo;
 pub mod tasks;
 pub mod telemetry;
 pub mod update;
+#[cfg(test)]
+mod wide_counters;
 
 use std::ffi::OsString;
 
