@@ -104,7 +104,7 @@ fn process_usage_past_4_gib_and_2_32_ticks() {
 fn sixty_four_bit_atomics_count_past_2_32() {
     // The telemetry counters are AtomicU64: lock-free on armv7 (ldrexd/strexd)
     // and aarch64; a target without them would not compile the library.
-    assert!(cfg!(target_has_atomic = "64"));
+    const { assert!(cfg!(target_has_atomic = "64")) };
     let c = AtomicU64::new(u64::from(u32::MAX));
     c.fetch_add(2, Ordering::Relaxed);
     assert_eq!(c.load(Ordering::Relaxed), (1 << 32) + 1);
