@@ -35,6 +35,8 @@ pub mod tasks;
 pub mod telemetry;
 pub mod tls;
 pub mod update;
+#[cfg(test)]
+mod wide_counters;
 
 use std::ffi::OsString;
 

@@ -119,8 +119,15 @@ fn stderr_is_journal() -> bool {
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
-    match nix::sys::stat::fstat(std::io::stderr().as_fd()) {
-        Ok(st) => st.st_dev == dev && st.st_ino == ino,
+    is_stream(std::io::stderr().as_fd(), dev, ino)
+}
+
+/// Whether `fd` is the file `dev:ino`. `st_dev` and `st_ino` are 32 bits wide
+/// on some targets (`ino_t` on 32-bit glibc), so both widen to u64 first.
+fn is_stream(fd: std::os::fd::BorrowedFd<'_>, dev: u64, ino: u64) -> bool {
+    match nix::sys::stat::fstat(fd) {
+        #[allow(clippy::unnecessary_cast)] // u64 on 64-bit targets only
+        Ok(st) => st.st_dev as u64 == dev && st.st_ino as u64 == ino,
         Err(_) => false,
     }
 }
@@ -200,5 +207,17 @@ mod tests {
         assert!(allowed("ureq", Level::Info));
         assert!(!allowed("rustls::conn", Level::Info));
         assert!(!allowed("some_future_crate", Level::Debug));
+    }
+
+    #[test]
+    fn journal_stream_matches_by_device_and_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::env::temp_dir().join(format!("outpost-journal-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(is_stream(file.as_fd(), meta.dev(), meta.ino()));
+        assert!(!is_stream(file.as_fd(), meta.dev(), meta.ino() + 1));
+        assert!(!is_stream(file.as_fd(), meta.dev() + 1, meta.ino()));
     }
 }

@@ -74,6 +74,17 @@ fn is_live(root: &Path) -> bool {
     root == Path::new("/")
 }
 
+/// The machine as the running kernel names it, `uname -m` (`armv7l`,
+/// `aarch64`), not the target compiled for (`arm`): managers group fleets by
+/// it. The compile-time name only if `uname(2)` fails.
+fn machine() -> String {
+    nix::sys::utsname::uname()
+        .ok()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}
+
 fn read_text(root: &Path, rel: &str) -> Option<String> {
     std::fs::read_to_string(root.join(rel)).ok()
 }
@@ -122,7 +133,11 @@ pub fn gather(root: &Path) -> SystemInfo {
             .or_else(|| read_text(root, "usr/lib/os-release"))
             .and_then(|t| os_name(&t)),
         kernel: read_trimmed(&root.join("proc/sys/kernel/osrelease")),
-        arch: std::env::consts::ARCH.to_owned(),
+        arch: if is_live(root) {
+            machine()
+        } else {
+            std::env::consts::ARCH.to_owned()
+        },
         machine_id: read_trimmed(&root.join("etc/machine-id"))
             .or_else(|| read_trimmed(&root.join("var/lib/dbus/machine-id"))),
         boot_time: stat
@@ -612,5 +627,22 @@ mod tests {
             assert!(prefix.parse::<u8>().unwrap() <= 128, "{a}");
         }
         println!("{}", serde_json::to_string(&info).unwrap());
+    }
+
+    #[test]
+    fn live_arch_is_the_kernels_machine_not_the_compile_target() {
+        let arch = gather(Path::new("/")).arch;
+        match std::env::consts::ARCH {
+            // A 32-bit ARM build reports armv7l, armv8l (or aarch64 on a
+            // 64-bit kernel), never the target's "arm".
+            "arm" => assert!(
+                arch == "aarch64" || (arch.starts_with("armv") && arch.len() > 4),
+                "{arch}"
+            ),
+            "x86" => assert!(arch.starts_with('i') && arch.ends_with("86"), "{arch}"),
+            target => assert_eq!(arch, target),
+        }
+        let uname = nix::sys::utsname::uname().unwrap();
+        assert_eq!(arch, uname.machine().to_string_lossy());
     }
 }

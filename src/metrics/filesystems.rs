@@ -207,18 +207,82 @@ pub(super) struct FsUsage {
 }
 
 pub(super) fn statvfs_usage(path: &Path) -> Option<FsUsage> {
-    let s = nix::sys::statvfs::statvfs(path).ok()?;
-    let unit = match s.fragment_size() {
-        0 => s.block_size(),
-        f => f,
-    } as u64;
-    Some(FsUsage {
-        total: (s.blocks() as u64).saturating_mul(unit),
-        free: (s.blocks_free() as u64).saturating_mul(unit),
-        avail: (s.blocks_available() as u64).saturating_mul(unit),
-        files: s.files() as u64,
-        files_free: s.files_free() as u64,
-    })
+    match statvfs_wide(path) {
+        Ok(usage) => Some(usage),
+        Err(e) => {
+            warn_once_statvfs(path, e);
+            None
+        }
+    }
+}
+
+/// A filesystem that cannot be measured is left out of the snapshot; the
+/// first failure for each mount point says so, later ones are quiet.
+fn warn_once_statvfs(path: &Path, e: nix::errno::Errno) {
+    static SAID: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut said = lock(&SAID);
+    if said.iter().any(|p| p == path) || said.len() >= 4 * MAX_FILESYSTEMS {
+        return;
+    }
+    said.push(path.to_owned());
+    log::warn!(
+        "statvfs of {} failed: {e}; it is left out of the filesystem metrics (said once)",
+        path.display()
+    );
+}
+
+/// Bytes from block counts, in the fragment size (the unit of the counts).
+fn usage_from(frsize: u64, bsize: u64, blocks: [u64; 3], files: u64, files_free: u64) -> FsUsage {
+    let unit = if frsize == 0 { bsize } else { frsize };
+    let [total, free, avail] = blocks;
+    FsUsage {
+        total: total.saturating_mul(unit),
+        free: free.saturating_mul(unit),
+        avail: avail.saturating_mul(unit),
+        files,
+        files_free,
+    }
+}
+
+/// `statvfs(3)` with 64-bit counts. On 32-bit glibc the plain call (nix's)
+/// fails with EOVERFLOW above 2^32 blocks (16 TiB at 4 KiB), so
+/// `statvfs64` is called there; musl and 64-bit glibc count in 64 bits anyway.
+#[cfg(all(target_env = "gnu", target_pointer_width = "32"))]
+fn statvfs_wide(path: &Path) -> nix::Result<FsUsage> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    let mut buf = std::mem::MaybeUninit::<nix::libc::statvfs64>::uninit();
+    // SAFETY: `c_path` is a NUL-terminated string that lives across the call,
+    // and `buf` is a writable `statvfs64` of the right size and alignment,
+    // which the call only writes to.
+    let rc = unsafe { nix::libc::statvfs64(c_path.as_ptr(), buf.as_mut_ptr()) };
+    nix::errno::Errno::result(rc)?;
+    // SAFETY: `statvfs64` returned 0, so it filled in the whole struct.
+    let s = unsafe { buf.assume_init() };
+    Ok(usage_from(
+        s.f_frsize as u64,
+        s.f_bsize as u64,
+        [s.f_blocks, s.f_bfree, s.f_bavail],
+        s.f_files,
+        s.f_ffree,
+    ))
+}
+
+#[cfg(not(all(target_env = "gnu", target_pointer_width = "32")))]
+fn statvfs_wide(path: &Path) -> nix::Result<FsUsage> {
+    let s = nix::sys::statvfs::statvfs(path)?;
+    Ok(usage_from(
+        s.fragment_size() as u64,
+        s.block_size() as u64,
+        [
+            s.blocks() as u64,
+            s.blocks_free() as u64,
+            s.blocks_available() as u64,
+        ],
+        s.files() as u64,
+        s.files_free() as u64,
+    ))
 }
 
 enum ProbeReply {

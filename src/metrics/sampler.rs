@@ -414,6 +414,58 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
+    /// A directory with a tmpfs mounted on it for one test (root only, as the
+    /// README's test command runs), unmounted when dropped.
+    struct Mounted(std::path::PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_filesystem_of_more_than_2_32_blocks_is_in_the_snapshot() {
+        // 20 TiB of tmpfs is 5.4e9 blocks of 4 KiB: past 2^32, where 32-bit
+        // glibc's statvfs fails with EOVERFLOW. tmpfs takes no memory for it.
+        let root = scratch_dir("big-fs");
+        let mount_point = root.join("big");
+        std::fs::create_dir_all(&mount_point).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=20T,mode=0700", "tmpfs"])
+            .arg(&mount_point)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (this test needs root, as the README's test command has): {}",
+            mount_point.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mounted = Mounted(mount_point.clone());
+        // tmpfs is a pseudo filesystem, which snapshots leave out, so this
+        // root's mountinfo calls it xfs; the statvfs is the real one's.
+        write_file(
+            &root.join("proc/self/mountinfo"),
+            "90 1 0:99 / /big rw,relatime shared:9 - xfs /dev/big rw\n",
+        );
+        let snap = Sampler::new(&root).sample();
+        drop(mounted);
+        std::fs::remove_dir_all(&root).unwrap();
+        let fs = snap
+            .filesystems
+            .iter()
+            .find(|f| f.mount == "/big")
+            .unwrap_or_else(|| panic!("no /big in {:?}", snap.filesystems));
+        assert_eq!(fs.total_bytes, 20 << 40);
+        assert_eq!(fs.free_bytes, 20 << 40);
+        assert_eq!(fs.available_bytes, 20 << 40);
+        assert_eq!(fs.usage_percent, 0.0);
+    }
+
     #[test]
     fn first_sample_has_counters_but_no_rates() {
         let (first, _) = vm_two_samples();
