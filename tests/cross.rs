@@ -65,8 +65,17 @@ fn metrics_carry_the_node_series_of_this_build() {
     let agent = Agent::start(&[("OUTPOST_HEARTBEAT_INTERVAL", "200ms")]);
     common::eventually("node series in /metrics", WAIT, || {
         let (status, text) = agent.get("/metrics");
+        // node_exporter's names (section 7); the values must be positive on
+        // every build, or a 32-bit statvfs or meminfo read went wrong.
         status == 200
-            && text.contains("outpost_node_memory_")
-            && text.contains("outpost_node_filesystem_")
+            && positive(&text, "node_memory_MemTotal_bytes")
+            && positive(&text, "node_filesystem_size_bytes{")
     });
+}
+
+fn positive(text: &str, series: &str) -> bool {
+    text.lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .any(|value| value > 0.0)
 }
