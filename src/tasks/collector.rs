@@ -373,7 +373,8 @@ impl Tasks {
         self.collectors.insert(name.clone(), new.to_string());
         self.save_desired();
         log::info!(task_id = new; "collector {name}: task {new} takes over from {old} with the same config; no restart");
-        self.emit_for(old, State::Stopped, |_| {});
+        let usage = self.hand_cgroup_over(old, new);
+        self.emit_for(old, State::Stopped, |u| u.usage = usage);
         self.emit_for(new, State::Running, |u| u.pid = pid);
     }
 
@@ -438,10 +439,15 @@ impl Tasks {
         );
         let path = self.store.config_path(&name);
         let write = self.store.write_config(&name, &config);
-        let spec = self.collector_spec(&name, &path, &args, id);
+        let limits = self.live.get(id).and_then(|l| l.task.limits.clone());
         let started = write
             .map_err(|e| e.to_string())
-            .and_then(|()| self.supervisor.spawn(&spec).map_err(|e| e.to_string()));
+            .and_then(|()| self.cgroup_for(id, limits.as_ref()))
+            .and_then(|cgroup| {
+                let mut spec = self.collector_spec(&name, &path, &args, id);
+                spec.cgroup = cgroup;
+                self.supervisor.spawn(&spec).map_err(|e| e.to_string())
+            });
         match started {
             Ok(started) => {
                 log::info!(task_id = id; "collector {name} started as pid {}", started.pid);
@@ -498,6 +504,7 @@ impl Tasks {
             },
             stderr_log: Some((log, LOG_MAX_BYTES)),
             task_id: Some(id.to_string()),
+            cgroup: None,
         }
     }
 
