@@ -520,6 +520,17 @@ impl Tasks {
             return;
         };
         let name = run.name.clone();
+        // Section 4.2: the memory limit's kill is named as such.
+        let oom = self.oom_killed(&id).then(|| {
+            format!(
+                "{name} was killed by the kernel: over its memory limit (memory_max_bytes {})",
+                live.task
+                    .limits
+                    .as_ref()
+                    .and_then(|l| l.memory_max_bytes)
+                    .map_or_else(|| "none".to_string(), |b| b.to_string())
+            )
+        });
         match live.ending {
             Some(Ending::AgentStopping) => {
                 // Desired state kept: not final, back at the next start.
@@ -568,7 +579,10 @@ impl Tasks {
                     }
                 );
                 self.live.insert(id.clone(), live);
-                self.early_failure(&id, ErrorKind::ExitNonzero, message, tail);
+                match oom {
+                    Some(oom) => self.early_failure(&id, ErrorKind::OomKilled, oom, tail),
+                    None => self.early_failure(&id, ErrorKind::ExitNonzero, message, tail),
+                }
             }
             None => {
                 let up = run.up_since.map(|t| t.elapsed()).unwrap_or_default();
@@ -598,11 +612,15 @@ impl Tasks {
                             u.exit_code = code;
                         });
                     } else {
-                        self.emit_for(&id, State::Failed, |u| {
-                            *u = u.clone().with_error(
+                        let (kind, message) = match oom {
+                            Some(oom) => (ErrorKind::OomKilled, oom),
+                            None => (
                                 ErrorKind::ExitNonzero,
                                 format!("{name} {} and restart is never", exit.status.describe()),
-                            );
+                            ),
+                        };
+                        self.emit_for(&id, State::Failed, |u| {
+                            *u = u.clone().with_error(kind, message.clone());
                             u.pid = Some(exit.pid);
                             u.exit_code = code;
                             u.stderr_tail = tail.clone();
