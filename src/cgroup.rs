@@ -477,6 +477,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cgroup_nobody_delegated_is_left_alone() {
+        // A v2 root whose service cgroup is neither owned by a non-root
+        // agent with a writable cgroup.procs nor marked delegated.
+        let root = fixture("root-v2");
+        let err = Cgroups::set_up(&root).unwrap_err();
+        assert!(matches!(err, CgroupError::NotDelegated { .. }), "{err}");
+        assert!(
+            !root
+                .join("sys/fs/cgroup/system.slice/outpost.service/agent")
+                .exists(),
+            "made a leaf in a cgroup that is not the agent's"
+        );
+    }
+
+    #[test]
     fn own_cgroup_under_a_v2_root() {
         let root = fixture("root-v2");
         assert_eq!(

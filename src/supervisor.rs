@@ -1032,6 +1032,38 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
     }
 
+    /// A child that cannot enter its task's cgroup never runs: no window
+    /// where a task's process lives outside it (section 4.2).
+    #[test]
+    fn a_child_that_cannot_enter_its_cgroup_never_runs() {
+        let (s, _rx) = supervisor();
+        let dir = std::env::temp_dir().join(format!("outpost-nocg-{}", std::process::id()));
+        let marker = dir.join("ran");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut spec = spec("touch", &[marker.to_str().unwrap()]);
+        // No cgroup.procs in it: the child's open fails before exec.
+        spec.cgroup = Some(dir.join("task.t-1"));
+        let err = s.spawn(&spec).unwrap_err();
+        assert!(err.to_string().contains("enter the task's cgroup"), "{err}");
+        assert!(!marker.exists(), "the program ran outside its cgroup");
+        // A writable cgroup.procs (a plain file here) lets it run.
+        let cg = dir.join("task.t-2");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "").unwrap();
+        spec.cgroup = Some(cg.clone());
+        s.spawn(&spec).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !marker.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(marker.exists(), "the program did not run");
+        assert_eq!(
+            std::fs::read_to_string(cg.join("cgroup.procs")).unwrap(),
+            "0"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn log_files_rotate_once_at_their_cap() {
         let dir = std::env::temp_dir().join(format!("outpost-log-{}", std::process::id()));

@@ -97,7 +97,7 @@ fi
 # --- usage of a one-shot task ---------------------------------------------------------
 spool cg-server '{"id":"cg-server","type":"iperf_server_start","payload":{"port":5301}}'
 if wait_result cg-server running 90 >/tmp/cg.why 2>&1; then
-    spool cg-client '{"id":"cg-client","type":"iperf_client_run","payload":{"server":"127.0.0.1","port":5301,"time":2},"limits":{"memory_max_bytes":268435456,"pids_max":64}}'
+    spool cg-client '{"id":"cg-client","type":"iperf_client_run","payload":{"server":"127.0.0.1","port":5301,"time":2,"limits":{"memory_max_bytes":268435456,"pids_max":64}}}'
     if wait_result cg-client succeeded 90 >/tmp/cg.why 2>&1 && usage_ok cg-client; then
         pass cgroups-usage-of-a-client "$(usage_of cg-client)"
     else
@@ -108,7 +108,7 @@ else
 fi
 
 # --- cpu_max_percent: 20 holds a busy loop to about a fifth of a core -----------------------
-spool cg-busy '{"id":"cg-busy","type":"collector_start","payload":{"name":"cg-busy","config":"while :; do :; done\n"},"limits":{"cpu_max_percent":20}}'
+spool cg-busy '{"id":"cg-busy","type":"collector_start","payload":{"name":"cg-busy","config":"while :; do :; done\n","limits":{"cpu_max_percent":20}}}'
 if wait_result cg-busy running 90 >/tmp/cg.why 2>&1; then
     cpu_max=$(cat "$(task_cg cg-busy)/cpu.max")
     u0=$(awk '$1 == "usage_usec" {print $2}' "$(task_cg cg-busy)/cpu.stat")
@@ -132,7 +132,7 @@ x=$(head -c 100000000 /dev/zero | tr '\0' a)
 exec sleep 1234570
 EOF
 cfg=$(python3 -c 'import json; print(json.dumps(open("/run/cg-oom.sh").read()))')
-spool cg-oom '{"id":"cg-oom","type":"collector_start","payload":{"name":"cg-oom","config":'"$cfg"',"restart":"never"},"limits":{"memory_max_bytes":16777216}}'
+spool cg-oom '{"id":"cg-oom","type":"collector_start","payload":{"name":"cg-oom","config":'"$cfg"',"restart":"never","limits":{"memory_max_bytes":16777216}}}'
 if wait_for 120 result_is cg-oom failed; then
     kind=$(json "$STATE/results/cg-oom.json" 'j["error"]["kind"]')
     oom=$(json "$STATE/results/cg-oom.json" '(j.get("usage") or {}).get("oom_kills")')
@@ -173,7 +173,9 @@ old_gone() {
 }
 if wait_for 120 restarted && wait_for 60 old_gone; then
     new_main=$(unit_prop outpost MainPID)
-    if wait_for 60 result_is cg-busy running && [ -s "$(task_cg cg-busy)/cgroup.procs" ]; then
+    # shellcheck disable=SC2317
+busy_again() { result_is cg-busy running && [ -n "$(cat "$(task_cg cg-busy)/cgroup.procs" 2>/dev/null)" ]; }
+    if wait_for 60 busy_again; then
         pass cgroups-kill-9-leaves-nothing "old pids ($old_busy) gone; agent $main -> $new_main; cg-busy runs again as $(tr '\n' ' ' <"$(task_cg cg-busy)/cgroup.procs")"
         info "after the restart: $(journalctl -b -u outpost --no-pager -o cat 2>&1 | grep -E 'left by the previous|Killing process|cut off' | tail -n 4 | tr '\n' ';')"
     else
