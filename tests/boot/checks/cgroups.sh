@@ -122,6 +122,20 @@ if wait_result cg-busy running 90 >/tmp/cg.why 2>&1; then
     else
         fail cgroups-cpu-limit "busy loop at $share % of a core, want 10-30 (cpu.max '$cpu_max')"
     fi
+    # The task report (heartbeat, /status) is measured on the cgroup too.
+    # shellcheck disable=SC2317
+    report_ok() {
+        curl -fsS --max-time 5 "$HTTP/status" | python3 -c '
+import json, sys
+r = [t for t in json.load(sys.stdin)["tasks"] if t["id"] == "cg-busy"][0]
+print(r)
+sys.exit(0 if 10 <= r.get("cpu_percent", -1) <= 30 and r.get("rss_bytes", 0) > 0 else 1)' >/tmp/cg.report 2>&1
+    }
+    if wait_for 30 report_ok; then
+        pass cgroups-task-report-on-cgroup "$(cat /tmp/cg.report)"
+    else
+        fail cgroups-task-report-on-cgroup "$(cat /tmp/cg.report)"
+    fi
 else
     fail cgroups-cpu-limit "$(cat /tmp/cg.why)"
 fi
