@@ -242,10 +242,16 @@ if wait_result cg-hidden running 90 >/tmp/cg.why 2>&1 && wait_for 10 pgrep -f 's
         fail cgroups-leftovers-found-by-cgroup "$(hidden_gone 2>&1); outpost $(unit_prop outpost ActiveState)"
         journal_tail 30
     fi
-    if wait_for 60 result_is cg-hidden running; then
-        pass cgroups-leftover-collector-runs-again
+    # shellcheck disable=SC2317
+    hidden_again() {
+        local procs
+        procs=$(cat "$(task_cg cg-hidden)/cgroup.procs" 2>/dev/null)
+        result_is cg-hidden running && [ -n "$procs" ] && hidden_gone && [ "$(unit_prop outpost ActiveState)" = active ]
+    }
+    if wait_for 90 hidden_again; then
+        pass cgroups-leftover-collector-runs-again "as $(tr '\n' ' ' <"$(task_cg cg-hidden)/cgroup.procs")"
     else
-        fail cgroups-leftover-collector-runs-again "cg-hidden is '$(result_state cg-hidden)'"
+        fail cgroups-leftover-collector-runs-again "cg-hidden is '$(result_state cg-hidden)', outpost $(unit_prop outpost ActiveState)"
     fi
 else
     fail cgroups-leftovers-found-by-cgroup "$(cat /tmp/cg.why)"
