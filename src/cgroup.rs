@@ -178,9 +178,11 @@ pub fn apply(dir: &Path, limits: Option<&Limits>) -> Result<(), CgroupError> {
         let path = dir.join(file);
         match std::fs::write(&path, &value) {
             Ok(()) => {}
-            // Without swap accounting there is no memory.swap.max; the
-            // memory limit holds all the same.
-            Err(e) if file == "memory.swap.max" && e.kind() == std::io::ErrorKind::NotFound => {}
+            // Without swap accounting there is no memory.swap.max, and
+            // before 4.19 no memory.oom.group; the limit holds all the same.
+            Err(e)
+                if matches!(file, "memory.swap.max" | "memory.oom.group")
+                    && e.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => {
                 return Err(CgroupError::Io {
                     what: "write",
