@@ -199,6 +199,77 @@ else
     fail cgroups-kill-9-leaves-nothing "$(old_gone 2>&1); outpost $(unit_prop outpost ActiveState) pid $(unit_prop outpost MainPID)"
     journal_tail 30
 fi
+# --- leftovers found by their cgroups ----------------------------------------------------
+# Under the shipped unit systemd kills what a crashed agent left (above). With
+# KillMode=process it leaves them, and the next agent must find them itself:
+# a grandchild with an empty environment (no OUTPOST_TASK marker) and its
+# own session can only be found by its cgroup. systemd 252 cannot start the
+# agent while they remain (219/CGROUP: it places the new agent in the unit's
+# cgroup, which hands controllers down); the check takes the controllers
+# back by hand once that is seen, standing in for systemd 254's
+# DelegateSubgroup=, and then the agent's recovery has to do the rest.
+mkdir -p /run/systemd/system/outpost.service.d
+printf '[Service]\nKillMode=process\n' >/run/systemd/system/outpost.service.d/cg-leftovers.conf
+systemctl daemon-reload
+cat >/run/cg-hidden.sh <<'EOF'
+env -i setsid -f sleep 1234562 </dev/null >/dev/null 2>&1
+exec sleep 1234563
+EOF
+cfg=$(python3 -c 'import json; print(json.dumps(open("/run/cg-hidden.sh").read()))')
+spool cg-hidden '{"id":"cg-hidden","type":"collector_start","payload":{"name":"cg-hidden","config":'"$cfg"'}}'
+if wait_result cg-hidden running 90 >/tmp/cg.why 2>&1 && wait_for 10 pgrep -f 'sleep 1234562'; then
+    hidden=$(pgrep -f 'sleep 1234562')
+    old_hidden="$hidden:$(starts "$hidden")"
+    while read -r p; do old_hidden="$old_hidden $p:$(starts "$p")"; done <"$(task_cg cg-hidden)/cgroup.procs"
+    if grep -qa OUTPOST_TASK "/proc/$hidden/environ"; then
+        fail cgroups-leftovers-found-by-cgroup "the grandchild kept OUTPOST_TASK in its environment"
+    fi
+    main=$(unit_prop outpost MainPID)
+    since=$(date '+%Y-%m-%d %H:%M:%S')
+    kill -9 "$main"
+    # shellcheck disable=SC2317
+    hidden_gone() {
+        local e
+        for e in $old_hidden; do
+            [ "$(starts "${e%%:*}")" = "${e#*:}" ] && { echo "pid ${e%%:*} of the old instance lives"; return 1; }
+        done
+        return 0
+    }
+    # shellcheck disable=SC2317
+    refused() { [ "$(unit_prop outpost ExecMainStatus)" = 219 ]; }
+    if wait_for 60 refused; then
+        info "restart refused with 219/CGROUP while leftovers remain, as documented; taking the controllers back"
+        echo "-cpu -memory -pids" >"$base/cgroup.subtree_control"
+    fi
+    if wait_for 120 restarted && wait_for 90 hidden_gone; then
+        said=$(journalctl -u outpost --since "$since" --no-pager -o cat 2>&1 | grep -E 'left by the previous agent instance|Killing process' | tr '\n' ';')
+        case $said in
+        *"Killing process"*) fail cgroups-leftovers-found-by-cgroup "systemd killed them, not the agent: $said" ;;
+        *"of task cg-hidden left by the previous"*) pass cgroups-leftovers-found-by-cgroup "old ($old_hidden) gone: $said" ;;
+        *) fail cgroups-leftovers-found-by-cgroup "gone, but the journal does not say the agent stopped them: $said" ;;
+        esac
+    else
+        fail cgroups-leftovers-found-by-cgroup "$(hidden_gone 2>&1); outpost $(unit_prop outpost ActiveState)"
+        journal_tail 30
+    fi
+    # shellcheck disable=SC2317
+    hidden_again() {
+        local procs
+        procs=$(cat "$(task_cg cg-hidden)/cgroup.procs" 2>/dev/null)
+        result_is cg-hidden running && [ -n "$procs" ] && hidden_gone && [ "$(unit_prop outpost ActiveState)" = active ]
+    }
+    if wait_for 90 hidden_again; then
+        pass cgroups-leftover-collector-runs-again "as $(tr '\n' ' ' <"$(task_cg cg-hidden)/cgroup.procs")"
+    else
+        fail cgroups-leftover-collector-runs-again "cg-hidden is '$(result_state cg-hidden)', outpost $(unit_prop outpost ActiveState)"
+    fi
+else
+    fail cgroups-leftovers-found-by-cgroup "$(cat /tmp/cg.why)"
+fi
+rm -f /run/systemd/system/outpost.service.d/cg-leftovers.conf
+systemctl daemon-reload
+spool cg-hidden-stop '{"id":"cg-hidden-stop","type":"collector_stop","payload":{"name":"cg-hidden"}}'
+wait_result cg-hidden-stop succeeded 60 >/dev/null 2>&1 || true
 spool cg-busy-stop '{"id":"cg-busy-stop","type":"collector_stop","payload":{"name":"cg-busy"}}'
 wait_result cg-busy-stop succeeded 60 >/dev/null 2>&1 || true
 spool cg-server-stop '{"id":"cg-server-stop","type":"task_stop","payload":{"task_id":"cg-server"}}'
