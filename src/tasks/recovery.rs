@@ -161,14 +161,6 @@ impl Tasks {
 /// process, and `marked`, those whose environment names the task and this
 /// agent (which covers one started in the instant before its pid was
 /// recorded, and descendants that left its process group).
-/// The processes in a leftover cgroup, with their start times.
-fn in_cgroup(dir: &Path) -> Vec<(i32, u64)> {
-    cgroup::pids(dir)
-        .into_iter()
-        .filter_map(|pid| Some((pid, supervisor::start_ticks(Path::new("/"), pid)?)))
-        .collect()
-}
-
 fn find_leftovers(record: &Record, marked: Vec<(i32, u64)>) -> Vec<ProcessRef> {
     let mut found: Vec<ProcessRef> = record
         .process
@@ -181,6 +173,14 @@ fn find_leftovers(record: &Record, marked: Vec<(i32, u64)>) -> Vec<ProcessRef> {
         }
     }
     found
+}
+
+/// The processes in a leftover cgroup, with their start times.
+fn in_cgroup(dir: &Path) -> Vec<(i32, u64)> {
+    cgroup::pids(dir)
+        .into_iter()
+        .filter_map(|pid| Some((pid, supervisor::start_ticks(Path::new("/"), pid)?)))
+        .collect()
 }
 
 /// Signals a leftover and its process group, only while it is verifiably
@@ -196,12 +196,13 @@ fn signal(process: ProcessRef, signal: Signal) -> bool {
     true
 }
 
+/// A task's leftovers: its id, the processes found, its cgroup if any.
+type Leftovers = (String, Vec<ProcessRef>, Option<PathBuf>);
+
 /// Stops every leftover at once: SIGTERM now, SIGKILL to whatever is left
 /// after `grace` (to the whole cgroup where there is one), and a
 /// `LeftoversGone` event for each task as soon as all its processes are
 /// gone (and its cgroup removed).
-type Leftovers = (String, Vec<ProcessRef>, Option<PathBuf>);
-
 fn spawn_stopper(mut stopping: Vec<Leftovers>, grace: Duration, events: Sender<Event>) {
     let body = move || {
         for (_, processes, _) in &stopping {
