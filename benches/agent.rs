@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, FakeManager, free_port, http_get};
+use common::{Agent, FakeManager, cpu_seconds, free_port, http_get};
 use serde_json::json;
 
 struct Row {
@@ -94,17 +94,6 @@ fn row(rows: &mut Vec<Row>, figure: &str, goal: &str, measured: String, peer: St
         measured,
         peer,
     });
-}
-
-/// utime + stime of a process in seconds (clock ticks: 10 ms resolution,
-/// so every measurement below runs long enough to make that small).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
 }
 
 fn rss_mib(pid: u32) -> f64 {

@@ -18,7 +18,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{FakeManager, KEY, TempDir, free_port, http_get};
+use common::{FakeManager, KEY, TempDir, cpu_seconds, free_port, http_get};
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -117,15 +117,6 @@ fn with_manager(path: &str, manager: &FakeManager, interval: &str) -> Running {
             ("OUTPOST_HEARTBEAT_INTERVAL", interval),
         ],
     )
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
 }
 
 fn status_mib(pid: u32, key: &str) -> f64 {
