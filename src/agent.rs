@@ -54,6 +54,19 @@ pub fn run(config: Config) -> Result<i32> {
     let notifier = Notifier::from_env();
     let state = StateDir::open(&config.state_dir)?;
     crate::spool::prepare(state.root())?;
+    // Before any thread or child exists: the agent moves into its own leaf
+    // of the delegated subtree (section 4.2), or runs without cgroups.
+    let cgroups = match crate::cgroup::Cgroups::set_up(std::path::Path::new("/")) {
+        Ok(c) => {
+            log::info!("tasks run in cgroups under {}", c.base().display());
+            Some(c)
+        }
+        Err(e) => {
+            log::info!("tasks run without cgroups (limits are rejected): {e}");
+            None
+        }
+    };
+    let has_cgroups = cgroups.is_some();
     let (events, inbox) = mpsc::channel();
     spawn_signal_thread(events.clone())?;
 
@@ -119,6 +132,7 @@ pub fn run(config: Config) -> Result<i32> {
             config_dir: config.config_dir.clone(),
             collector_cmd: config.collector_cmd.clone(),
             allow_http_config: config.allow_http_config,
+            cgroups,
         },
         outbox.clone(),
         supervisor,
@@ -157,7 +171,7 @@ pub fn run(config: Config) -> Result<i32> {
                 state: StateDir::open(&config.state_dir)?,
                 events: events.clone(),
                 stop: stop.clone(),
-                capabilities: capabilities_of(&config, iperf3_version.clone()),
+                capabilities: capabilities_of(&config, iperf3_version.clone(), has_cgroups),
             };
             threads.spawn("heartbeat", move || heartbeat.run())?;
             let (m, t, e, s) = (
@@ -415,7 +429,7 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<
 }
 
 /// What this agent can do, as register announces it.
-fn capabilities_of(config: &Config, iperf3_version: Option<String>) -> Capabilities {
+fn capabilities_of(config: &Config, iperf3_version: Option<String>, cgroups: bool) -> Capabilities {
     Capabilities {
         task_types: crate::tasks::payload::TYPES.to_vec(),
         iperf3_version,
@@ -424,6 +438,6 @@ fn capabilities_of(config: &Config, iperf3_version: Option<String>) -> Capabilit
             .first()
             .is_some_and(|p| crate::supervisor::resolve_program(p).is_some()),
         max_concurrent_tasks: config.max_tasks,
-        cgroups: false,
+        cgroups,
     }
 }

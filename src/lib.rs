@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod cgroup;
 pub mod claim;
 pub mod clock;
 pub mod config;

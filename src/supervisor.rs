@@ -42,6 +42,10 @@ pub const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:
 /// After the leader exits, how long to wait for its pipes to reach EOF
 /// before reporting the exit anyway (a grandchild may hold them open).
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// After the leader exits and its cgroup was killed, how long to wait for
+/// the cgroup to empty before reporting the exit anyway (a process stuck in
+/// the kernel); logged when it happens.
+const CGROUP_EMPTY_GRACE: Duration = Duration::from_secs(10);
 
 /// Where a child's standard output goes.
 #[derive(Clone, Debug)]
@@ -70,6 +74,9 @@ pub struct Spec {
     /// crash a process can be traced to its task even if its pid was never
     /// recorded.
     pub task_id: Option<String>,
+    /// The task's cgroup (section 4.2), entered by the child before exec;
+    /// stops and exits then reach every process in it.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The environment variable naming a child's task.
@@ -170,6 +177,7 @@ struct Watched {
     status: Option<(ExitStatus, Instant)>,
     kill_at: Option<Instant>,
     stopped: bool,
+    cgroup: Option<PathBuf>,
 }
 
 type OnExit = Box<dyn Fn(Exit) + Send>;
@@ -270,19 +278,26 @@ impl Supervisor {
                 let pid = child.as_raw();
                 // The status pipe closes on a successful exec (CLOEXEC); on
                 // failure the child writes its errno first.
-                let mut errno = [0u8; 4];
+                let mut report = [0u8; 5];
                 let mut status = File::from(status_r);
-                let n = loop {
-                    match status.read(&mut errno) {
+                let mut n = 0;
+                while n < report.len() {
+                    match status.read(&mut report[n..]) {
                         Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        other => break other.unwrap_or(0),
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
                     }
-                };
-                if n == 4 {
+                }
+                if n == report.len() {
                     let _ = waitpid(child, None);
+                    let errno = [report[0], report[1], report[2], report[3]];
                     return Err(SpawnError::Os {
                         program: spec.program.clone(),
-                        what: "exec",
+                        what: if report[4] == STAGE_CGROUP {
+                            "enter the task's cgroup"
+                        } else {
+                            "exec"
+                        },
                         errno: Errno::from_raw(i32::from_ne_bytes(errno)),
                     });
                 }
@@ -313,6 +328,7 @@ impl Supervisor {
                     status: None,
                     kill_at: None,
                     stopped: false,
+                    cgroup: spec.cgroup.clone(),
                 })));
                 Ok(started)
             }
@@ -342,6 +358,8 @@ struct Prepared {
     argv_ptrs: Vec<*const nix::libc::c_char>,
     _envp: Vec<CString>,
     envp_ptrs: Vec<*const nix::libc::c_char>,
+    /// `<task cgroup>/cgroup.procs`, which the child writes "0" to.
+    cgroup_procs: Option<CString>,
 }
 
 impl Prepared {
@@ -381,7 +399,12 @@ impl Prepared {
             .map(|a| a.as_ptr())
             .chain([std::ptr::null()])
             .collect();
+        let cgroup_procs = match &spec.cgroup {
+            Some(dir) => Some(cstring(dir.join("cgroup.procs").as_os_str().as_bytes())?),
+            None => None,
+        };
         Ok(Prepared {
+            cgroup_procs,
             path,
             _argv: argv,
             argv_ptrs,
@@ -424,12 +447,21 @@ unsafe fn child_exec(p: &Prepared, devnull: RawFd, out: RawFd, err: RawFd, statu
     // owned by `p`, alive for the duration of the call.
     unsafe {
         libc::setpgid(0, 0);
+        // Into the task's cgroup before anything else runs: "0" names the
+        // writer itself, so no pid needs formatting here.
+        if let Some(procs) = &p.cgroup_procs {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(status, STAGE_CGROUP);
+            }
+            libc::close(fd);
+        }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if libc::dup2(devnull, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0 {
-            fail(status);
+            fail(status, STAGE_EXEC);
         }
         // Everything above 2 goes, except the status pipe, which is
         // CLOEXEC and reports an exec failure.
@@ -438,7 +470,7 @@ unsafe fn child_exec(p: &Prepared, devnull: RawFd, out: RawFd, err: RawFd, statu
         }
         close_range((status + 1) as u32, u32::MAX);
         libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
-        fail(status)
+        fail(status, STAGE_EXEC)
     }
 }
 
@@ -458,15 +490,22 @@ unsafe fn close_range(first: u32, last: u32) {
     }
 }
 
+/// What the child was doing when it failed (the status pipe's fifth byte).
+const STAGE_EXEC: u8 = 0;
+const STAGE_CGROUP: u8 = 1;
+
 /// # Safety
-/// Child side of fork only: reports errno through the status pipe and exits.
-unsafe fn fail(status: RawFd) -> ! {
+/// Child side of fork only: reports errno and the stage through the status
+/// pipe and exits.
+unsafe fn fail(status: RawFd, stage: u8) -> ! {
     use nix::libc;
-    // SAFETY: errno location, write and _exit are async-signal-safe.
+    // SAFETY: errno location, write and _exit are async-signal-safe; the
+    // buffer lives on this stack.
     unsafe {
         let errno = *libc::__errno_location();
-        let bytes = errno.to_ne_bytes();
-        libc::write(status, bytes.as_ptr().cast(), 4);
+        let e = errno.to_ne_bytes();
+        let bytes = [e[0], e[1], e[2], e[3], stage];
+        libc::write(status, bytes.as_ptr().cast(), 5);
         libc::_exit(127)
     }
 }
@@ -566,6 +605,9 @@ impl Watcher {
                 .children
                 .values()
                 .filter_map(|c| match (c.status, c.kill_at) {
+                    (Some((_, at)), _) if now >= at + DRAIN_GRACE => {
+                        Some(now + Duration::from_millis(20))
+                    }
                     (Some((_, at)), _) => Some(at + DRAIN_GRACE),
                     (None, Some(kill_at)) => Some(kill_at),
                     _ => None,
@@ -649,6 +691,11 @@ impl Watcher {
                 Ok(WaitStatus::StillAlive) => continue,
                 Ok(_) => {
                     let _ = killpg(pid, Signal::SIGKILL);
+                    // The task is its leader: what it left behind, in its
+                    // group or not, goes with it.
+                    if let Some(dir) = &child.cgroup {
+                        crate::cgroup::kill(dir);
+                    }
                 }
                 Err(Errno::ECHILD) => {}
                 Err(_) => continue,
@@ -670,6 +717,9 @@ impl Watcher {
         for child in self.children.values_mut() {
             if child.status.is_none() && child.kill_at.is_some_and(|k| k <= now) {
                 let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
+                if let Some(dir) = &child.cgroup {
+                    crate::cgroup::kill(dir);
+                }
                 child.kill_at = None;
             }
         }
@@ -682,7 +732,9 @@ impl Watcher {
             .values()
             .filter(|c| match c.status {
                 Some((_, at)) => {
-                    (c.stdout_pipe.is_none() && c.stderr_pipe.is_none()) || now >= at + DRAIN_GRACE
+                    let drained = (c.stdout_pipe.is_none() && c.stderr_pipe.is_none())
+                        || now >= at + DRAIN_GRACE;
+                    drained && c.cgroup_empty(now >= at + CGROUP_EMPTY_GRACE)
                 }
                 None => false,
             })
@@ -714,6 +766,30 @@ impl Watcher {
 }
 
 impl Watched {
+    /// The task's cgroup holds no process any more (or there is none). A
+    /// stopped task is reported only once all of it is gone, so that its
+    /// cgroup can be removed and a restart finds its ports free.
+    fn cgroup_empty(&self, given_up: bool) -> bool {
+        let Some(dir) = &self.cgroup else {
+            return true;
+        };
+        if !crate::cgroup::populated(dir) {
+            return true;
+        }
+        if given_up {
+            log::error!(
+                "{}: processes survive SIGKILL after {}s; reporting the exit anyway",
+                dir.display(),
+                CGROUP_EMPTY_GRACE.as_secs()
+            );
+            return true;
+        }
+        // Killed again: a process that forked while the first kill went
+        // out is no exception.
+        crate::cgroup::kill(dir);
+        false
+    }
+
     /// Reads what is available from one pipe; closes it at EOF.
     fn drain(&mut self, is_stdout: bool) {
         let mut buf = [0u8; 8192];
@@ -845,6 +921,7 @@ mod tests {
             stdout: Output::Capture { max: 1 << 20 },
             stderr_log: None,
             task_id: Some("t-env".into()),
+            cgroup: None,
         }
     }
 
@@ -953,6 +1030,38 @@ mod tests {
         let err = s.spawn(&spec(file.to_str().unwrap(), &[])).unwrap_err();
         assert!(err.to_string().contains("exec"), "{err}");
         std::fs::remove_file(&file).unwrap();
+    }
+
+    /// A child that cannot enter its task's cgroup never runs: no window
+    /// where a task's process lives outside it (section 4.2).
+    #[test]
+    fn a_child_that_cannot_enter_its_cgroup_never_runs() {
+        let (s, _rx) = supervisor();
+        let dir = std::env::temp_dir().join(format!("outpost-nocg-{}", std::process::id()));
+        let marker = dir.join("ran");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut spec = spec("touch", &[marker.to_str().unwrap()]);
+        // No cgroup.procs in it: the child's open fails before exec.
+        spec.cgroup = Some(dir.join("task.t-1"));
+        let err = s.spawn(&spec).unwrap_err();
+        assert!(err.to_string().contains("enter the task's cgroup"), "{err}");
+        assert!(!marker.exists(), "the program ran outside its cgroup");
+        // A writable cgroup.procs (a plain file here) lets it run.
+        let cg = dir.join("task.t-2");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "").unwrap();
+        spec.cgroup = Some(cg.clone());
+        s.spawn(&spec).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !marker.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(marker.exists(), "the program did not run");
+        assert_eq!(
+            std::fs::read_to_string(cg.join("cgroup.procs")).unwrap(),
+            "0"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

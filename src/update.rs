@@ -55,6 +55,7 @@ pub enum ErrorKind {
     OutputTooLarge,
     Iperf3Error,
     LimitsUnavailable,
+    OomKilled,
 }
 
 impl ErrorKind {
@@ -76,6 +77,7 @@ impl ErrorKind {
             ErrorKind::OutputTooLarge => "output_too_large",
             ErrorKind::Iperf3Error => "iperf3_error",
             ErrorKind::LimitsUnavailable => "limits_unavailable",
+            ErrorKind::OomKilled => "oom_killed",
         }
     }
 }
@@ -111,6 +113,10 @@ pub struct Update {
     pub error: Option<TaskError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr_tail: Option<String>,
+    /// Section 4.2: in every final update of a task that ran a process in
+    /// a cgroup of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::cgroup::Usage>,
 }
 
 impl Update {
@@ -125,6 +131,7 @@ impl Update {
             result: None,
             error: None,
             stderr_tail: None,
+            usage: None,
         }
     }
 

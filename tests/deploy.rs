@@ -267,6 +267,35 @@ fn unit_keeps_the_agent_contract() {
     assert_eq!(one("SystemCallErrorNumber"), "EPERM");
 }
 
+/// Section 4.2: the unit delegates exactly the controllers the limits need,
+/// leaves /sys/fs/cgroup writable (ProtectControlGroups=yes makes it
+/// read-only on systemd 252), survives a task's OOM kill, and lets systemd
+/// kill a crashed agent's leftovers: with KillMode=process a restart with a
+/// task's process left in the unit's cgroup failed with 219/CGROUP (the
+/// kernel refuses a process in a cgroup that hands controllers down; seen
+/// in the boot test).
+#[test]
+fn unit_delegates_cgroups_and_lets_systemd_kill_leftovers() {
+    let unit = read(UNIT);
+    let one = |key: &str| -> String {
+        let v = unit_values(&unit, key);
+        assert_eq!(v.len(), 1, "{key}= must be set exactly once, found {v:?}");
+        v[0].clone()
+    };
+    let mut delegated: Vec<String> = one("Delegate")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    delegated.sort();
+    assert_eq!(delegated, ["cpu", "memory", "pids"]);
+    assert_eq!(one("OOMPolicy"), "continue");
+    assert!(
+        unit_values(&unit, "ProtectControlGroups").is_empty(),
+        "ProtectControlGroups= makes the delegated subtree read-only on systemd 252"
+    );
+    assert_eq!(one("KillMode"), "mixed");
+}
+
 /// READY=1 waits for registration (no start timeout), so nothing that starts
 /// the service may wait for the start job: it would hang while the manager is
 /// unreachable.

@@ -566,4 +566,13 @@ fn limits_are_rejected_where_they_cannot_be_enforced() {
     );
     // Nothing ran: the port was never listened on.
     assert!(common::port_is_closed(port));
+    // The same server without limits runs as it always did, and its final
+    // update has no usage (there is no cgroup to measure it on).
+    manager.hand_out(json!({"id": "nolim-srv", "type": "iperf_server_start",
+        "payload": {"port": port}}));
+    manager.wait_state("nolim-srv", "running", 10 * SECOND);
+    manager.hand_out(json!({"id": "nolim-stop", "type": "task_stop",
+        "payload": {"task_id": "nolim-srv"}}));
+    let stopped = manager.wait_state("nolim-srv", "stopped", 20 * SECOND);
+    assert!(stopped.get("usage").is_none(), "{stopped}");
 }

@@ -373,7 +373,8 @@ impl Tasks {
         self.collectors.insert(name.clone(), new.to_string());
         self.save_desired();
         log::info!(task_id = new; "collector {name}: task {new} takes over from {old} with the same config; no restart");
-        self.emit_for(old, State::Stopped, |_| {});
+        let usage = self.hand_cgroup_over(old, new);
+        self.emit_for(old, State::Stopped, |u| u.usage = usage);
         self.emit_for(new, State::Running, |u| u.pid = pid);
     }
 
@@ -438,10 +439,15 @@ impl Tasks {
         );
         let path = self.store.config_path(&name);
         let write = self.store.write_config(&name, &config);
-        let spec = self.collector_spec(&name, &path, &args, id);
+        let limits = self.live.get(id).and_then(|l| l.task.limits.clone());
         let started = write
             .map_err(|e| e.to_string())
-            .and_then(|()| self.supervisor.spawn(&spec).map_err(|e| e.to_string()));
+            .and_then(|()| self.cgroup_for(id, limits.as_ref()))
+            .and_then(|cgroup| {
+                let mut spec = self.collector_spec(&name, &path, &args, id);
+                spec.cgroup = cgroup;
+                self.supervisor.spawn(&spec).map_err(|e| e.to_string())
+            });
         match started {
             Ok(started) => {
                 log::info!(task_id = id; "collector {name} started as pid {}", started.pid);
@@ -498,6 +504,7 @@ impl Tasks {
             },
             stderr_log: Some((log, LOG_MAX_BYTES)),
             task_id: Some(id.to_string()),
+            cgroup: None,
         }
     }
 
@@ -513,6 +520,17 @@ impl Tasks {
             return;
         };
         let name = run.name.clone();
+        // Section 4.2: the memory limit's kill is named as such.
+        let oom = self.oom_killed(&id).then(|| {
+            format!(
+                "{name} was killed by the kernel: over its memory limit (memory_max_bytes {})",
+                live.task
+                    .limits
+                    .as_ref()
+                    .and_then(|l| l.memory_max_bytes)
+                    .map_or_else(|| "none".to_string(), |b| b.to_string())
+            )
+        });
         match live.ending {
             Some(Ending::AgentStopping) => {
                 // Desired state kept: not final, back at the next start.
@@ -561,7 +579,10 @@ impl Tasks {
                     }
                 );
                 self.live.insert(id.clone(), live);
-                self.early_failure(&id, ErrorKind::ExitNonzero, message, tail);
+                match oom {
+                    Some(oom) => self.early_failure(&id, ErrorKind::OomKilled, oom, tail),
+                    None => self.early_failure(&id, ErrorKind::ExitNonzero, message, tail),
+                }
             }
             None => {
                 let up = run.up_since.map(|t| t.elapsed()).unwrap_or_default();
@@ -591,11 +612,15 @@ impl Tasks {
                             u.exit_code = code;
                         });
                     } else {
-                        self.emit_for(&id, State::Failed, |u| {
-                            *u = u.clone().with_error(
+                        let (kind, message) = match oom {
+                            Some(oom) => (ErrorKind::OomKilled, oom),
+                            None => (
                                 ErrorKind::ExitNonzero,
                                 format!("{name} {} and restart is never", exit.status.describe()),
-                            );
+                            ),
+                        };
+                        self.emit_for(&id, State::Failed, |u| {
+                            *u = u.clone().with_error(kind, message.clone());
                             u.pid = Some(exit.pid);
                             u.exit_code = code;
                             u.stderr_tail = tail.clone();

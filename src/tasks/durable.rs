@@ -48,6 +48,11 @@ impl Tasks {
         update.task_id = id.to_string();
         update.seq = record.seq + 1;
         update.state = state;
+        if state.is_final()
+            && let Some(usage) = self.final_usage(id)
+        {
+            update.usage = Some(usage);
+        }
         if let Some(live) = self.live.get_mut(id) {
             live.state = state;
         }

@@ -11,6 +11,7 @@
 //! - `reports`: the task view other threads read;
 //! - `payload`, `iperf`, `collector`: each task type's own knowledge.
 
+mod cgroups;
 pub mod collector;
 mod durable;
 pub mod iperf;
@@ -65,6 +66,8 @@ pub struct Settings {
     pub config_dir: PathBuf,
     pub collector_cmd: Vec<String>,
     pub allow_http_config: bool,
+    /// The delegated cgroup v2 subtree, when there is one (section 4.2).
+    pub cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 /// Why the agent is ending a task's process.
@@ -120,6 +123,8 @@ pub struct Tasks {
     /// Tasks whose previous-instance processes are being stopped, with the
     /// collector to resume once they are gone.
     awaiting_leftovers: BTreeMap<String, Option<(String, collector::Desired)>>,
+    /// Task id → its cgroup (section 4.2), while it is not final.
+    cgroup_of: HashMap<String, cgroups::TaskCgroup>,
 }
 
 impl Live {
@@ -180,6 +185,7 @@ impl Tasks {
             storage: Storage::default(),
             results_pruned: None,
             awaiting_leftovers: BTreeMap::new(),
+            cgroup_of: HashMap::new(),
         };
         if tasks.ledger.needs_rewrite() {
             tasks.storage_failed(&crate::error::Error::io(
@@ -247,7 +253,7 @@ impl Tasks {
             self.handed_out_again(&task.id);
             return Ok(Intake::Taken);
         }
-        if task.limits.is_some() {
+        if task.limits.is_some() && self.settings.cgroups.is_none() {
             // Section 4.2: a limit is never silently not enforced. This
             // agent has no delegated cgroup v2 subtree to enforce one in.
             let message = "limits: this agent cannot enforce resource limits (no delegated cgroup v2 subtree)".to_string();
@@ -404,14 +410,19 @@ impl Tasks {
                 },
                 _ => Output::Discard,
             };
-            let spec = Spec {
-                program: self.settings.iperf3.clone(),
-                args,
-                stdout,
-                stderr_log: None,
-                task_id: Some(id.clone()),
-            };
-            match self.supervisor.spawn(&spec) {
+            let limits = live.task.limits.clone();
+            let spawned = self.cgroup_for(&id, limits.as_ref()).and_then(|cgroup| {
+                let spec = Spec {
+                    program: self.settings.iperf3.clone(),
+                    args,
+                    stdout,
+                    stderr_log: None,
+                    task_id: Some(id.clone()),
+                    cgroup,
+                };
+                self.supervisor.spawn(&spec).map_err(|e| e.to_string())
+            });
+            match spawned {
                 Ok(started) => {
                     log::info!(task_id = id.as_str(); "task {id} ({}) started as pid {}", live.task.kind.type_name(), started.pid);
                     live.process = Some(started);
@@ -434,8 +445,9 @@ impl Tasks {
                 }
                 Err(e) => {
                     log::warn!(task_id = id.as_str(); "task {id}: {e}");
+                    self.drop_cgroup(&id);
                     self.emit_for(&id, State::Failed, |u| {
-                        *u = u.clone().with_error(ErrorKind::SpawnFailed, e.to_string());
+                        *u = u.clone().with_error(ErrorKind::SpawnFailed, e.clone());
                     });
                 }
             }
@@ -533,6 +545,25 @@ impl Tasks {
         };
         let tail = (!exit.stderr_tail.is_empty()).then(|| exit.stderr_tail.clone());
         let pid = exit.pid;
+        if live.ending.is_none() && self.oom_killed(&id) {
+            let limit = live.task.limits.as_ref().and_then(|l| l.memory_max_bytes);
+            let message = match limit {
+                Some(bytes) => format!(
+                    "killed by the kernel: over its memory limit (memory_max_bytes {bytes})"
+                ),
+                None => "killed by the kernel: out of memory".to_string(),
+            };
+            log::warn!(task_id = id.as_str(); "task {id}: {message}");
+            self.emit_for(&id, State::Failed, |u| {
+                *u = u.clone().with_error(ErrorKind::OomKilled, message.clone());
+                u.pid = Some(pid);
+                u.exit_code = code;
+                u.stderr_tail = tail.clone();
+            });
+            self.complete_waiters();
+            self.refresh_view(true);
+            return;
+        }
         match (live.ending, &live.task.kind) {
             (Some(Ending::Stopped), _) => self.emit_for(&id, State::Stopped, |u| {
                 u.pid = Some(pid);

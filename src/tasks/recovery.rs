@@ -9,12 +9,18 @@
 //! - A task's ledger record stays unfinished until its leftovers are gone,
 //!   so a crash meanwhile finds them again at the next start.
 //! - A process is signalled only while it is verifiably the one recorded
-//!   (pid and start time) or carries this agent's task markers in its
-//!   environment; its group only while it is alive, which keeps the group
-//!   id from being reused under us.
+//!   (pid and start time), carries this agent's task markers in its
+//!   environment, or is in a task cgroup of this agent's subtree; its group
+//!   only while it is alive, which keeps the group id from being reused
+//!   under us.
+//! - Where tasks had cgroups, those are the primary way leftovers are
+//!   found (they hold every descendant, whatever it did to its environment
+//!   or process group); the environment scan stays as the fallback. A
+//!   leftover cgroup is killed as a whole after the grace and removed once
+//!   empty, whether or not the ledger still knows its task.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
@@ -22,6 +28,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use super::Tasks;
+use crate::cgroup;
 use crate::event::Event;
 use crate::ledger::{Origin, ProcessRef, Record};
 use crate::supervisor;
@@ -43,9 +50,23 @@ impl Tasks {
             Path::new("/"),
             &self.settings.state_dir.to_string_lossy(),
         );
+        let mut left_cgroups: BTreeMap<String, PathBuf> = self
+            .settings
+            .cgroups
+            .as_ref()
+            .map(|c| c.task_dirs())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         for record in self.ledger.unfinished() {
-            let found = find_leftovers(&record, marked.remove(&record.id).unwrap_or_default());
-            if found.is_empty() {
+            let cgroup = left_cgroups.remove(&record.id);
+            let mut candidates = marked.remove(&record.id).unwrap_or_default();
+            candidates.extend(cgroup.as_deref().map(in_cgroup).unwrap_or_default());
+            let found = find_leftovers(&record, candidates);
+            if found.is_empty() && cgroup.as_deref().is_none_or(|d| !cgroup::populated(d)) {
+                if let Some(dir) = &cgroup {
+                    let _ = cgroup::remove(dir, Duration::ZERO);
+                }
                 if !kept.contains(&record.id) {
                     self.cut_off(&record);
                 }
@@ -58,7 +79,24 @@ impl Tasks {
                 record.id
             );
             self.awaiting_leftovers.insert(record.id.clone(), None);
-            stopping.push((record.id.clone(), found));
+            stopping.push((record.id.clone(), found, cgroup));
+        }
+        // Cgroups of tasks the ledger holds as final (or forgot): whatever
+        // is in them is a leftover all the same.
+        for (id, dir) in left_cgroups {
+            if !cgroup::populated(&dir) {
+                let _ = cgroup::remove(&dir, Duration::ZERO);
+                continue;
+            }
+            log::info!(
+                "stopping the processes left in {} by the previous agent instance",
+                dir.display()
+            );
+            let found = in_cgroup(&dir)
+                .into_iter()
+                .map(|(pid, start_ticks)| ProcessRef { pid, start_ticks })
+                .collect();
+            stopping.push((id, found, Some(dir)));
         }
         if !stopping.is_empty() {
             spawn_stopper(stopping, self.settings.stop_grace, self.events.clone());
@@ -130,11 +168,19 @@ fn find_leftovers(record: &Record, marked: Vec<(i32, u64)>) -> Vec<ProcessRef> {
         .into_iter()
         .collect();
     for (pid, start_ticks) in marked {
-        if !found.iter().any(|p| p.pid == pid) {
+        if !found.iter().any(|p| p.pid == pid) && supervisor::is_same_process(pid, start_ticks) {
             found.push(ProcessRef { pid, start_ticks });
         }
     }
     found
+}
+
+/// The processes in a leftover cgroup, with their start times.
+fn in_cgroup(dir: &Path) -> Vec<(i32, u64)> {
+    cgroup::pids(dir)
+        .into_iter()
+        .filter_map(|pid| Some((pid, supervisor::start_ticks(Path::new("/"), pid)?)))
+        .collect()
 }
 
 /// Signals a leftover and its process group, only while it is verifiably
@@ -150,16 +196,16 @@ fn signal(process: ProcessRef, signal: Signal) -> bool {
     true
 }
 
+/// A task's leftovers: its id, the processes found, its cgroup if any.
+type Leftovers = (String, Vec<ProcessRef>, Option<PathBuf>);
+
 /// Stops every leftover at once: SIGTERM now, SIGKILL to whatever is left
-/// after `grace`, and a `LeftoversGone` event for each task as soon as all
-/// its processes are gone.
-fn spawn_stopper(
-    mut stopping: Vec<(String, Vec<ProcessRef>)>,
-    grace: Duration,
-    events: Sender<Event>,
-) {
+/// after `grace` (to the whole cgroup where there is one), and a
+/// `LeftoversGone` event for each task as soon as all its processes are
+/// gone (and its cgroup removed).
+fn spawn_stopper(mut stopping: Vec<Leftovers>, grace: Duration, events: Sender<Event>) {
     let body = move || {
-        for (_, processes) in &stopping {
+        for (_, processes, _) in &stopping {
             for p in processes {
                 signal(*p, Signal::SIGTERM);
             }
@@ -167,11 +213,17 @@ fn spawn_stopper(
         let kill_at = Instant::now() + grace;
         let mut killed = false;
         loop {
-            stopping.retain(|(task_id, processes)| {
+            stopping.retain(|(task_id, processes, dir)| {
                 let alive = processes
                     .iter()
-                    .any(|p| supervisor::is_same_process(p.pid, p.start_ticks));
+                    .any(|p| supervisor::is_same_process(p.pid, p.start_ticks))
+                    || dir.as_deref().is_some_and(cgroup::populated);
                 if !alive {
+                    if let Some(dir) = dir
+                        && let Err(e) = cgroup::remove(dir, Duration::ZERO)
+                    {
+                        log::warn!("{e}");
+                    }
                     let _ = events.send(Event::LeftoversGone {
                         task_id: task_id.clone(),
                     });
@@ -183,17 +235,20 @@ fn spawn_stopper(
             }
             let now = Instant::now();
             if !killed && now >= kill_at {
-                for (_, processes) in &stopping {
+                for (_, processes, dir) in &stopping {
                     for p in processes {
                         if signal(*p, Signal::SIGKILL) {
                             log::warn!("pid {} ignored SIGTERM; killed", p.pid);
                         }
                     }
+                    if let Some(dir) = dir {
+                        cgroup::kill(dir);
+                    }
                 }
                 killed = true;
             }
             if killed && now >= kill_at + AFTER_KILL {
-                for (task_id, _) in stopping.drain(..) {
+                for (task_id, _, _) in stopping.drain(..) {
                     log::error!(task_id = task_id.as_str(); "task {task_id}: a process of the previous instance survives SIGKILL; settling the task anyway");
                     let _ = events.send(Event::LeftoversGone { task_id });
                 }

@@ -29,6 +29,21 @@ impl Tasks {
         self.last_view = Some(now);
         let hz = supervisor::ticks_per_second() as f64;
         let mut reports = Vec::with_capacity(self.live.len());
+        // Section 4.2: measured on the task's cgroup (its whole tree) where
+        // it has one, else on its leader's /proc entry. CPU time is kept in
+        // µs either way.
+        let ids: Vec<String> = self.live.keys().cloned().collect();
+        let mut samples = std::collections::HashMap::new();
+        for id in ids {
+            let due = self.live.get(&id).is_some_and(|l| {
+                l.process.is_some()
+                    && l.usage
+                        .is_none_or(|u| now.duration_since(u.1) >= USAGE_EVERY)
+            });
+            if due && let Some(sample) = self.cgroup_sample(&id) {
+                samples.insert(id, sample);
+            }
+        }
         for live in self.live.values_mut() {
             let mut report = json!({
                 "id": live.task.id,
@@ -49,18 +64,23 @@ impl Tasks {
                 if let Some((_, _, cpu, rss)) = fresh {
                     report["cpu_percent"] = json!(cpu);
                     report["rss_bytes"] = json!(rss);
-                } else if let Some((ticks, rss)) = supervisor::usage(Path::new("/"), p.pid) {
+                } else if let Some((usec, rss)) =
+                    samples.get(&live.task.id).copied().or_else(|| {
+                        supervisor::usage(Path::new("/"), p.pid)
+                            .map(|(ticks, rss)| ((ticks as f64 / hz * 1e6) as u64, rss))
+                    })
+                {
                     let cpu = match live.usage {
-                        Some((last_ticks, at, _, _)) if now > at => {
+                        Some((last_usec, at, _, _)) if now > at => {
                             let secs = now.duration_since(at).as_secs_f64();
-                            (ticks.saturating_sub(last_ticks) as f64 / hz / secs * 100.0 * 10.0)
+                            (usec.saturating_sub(last_usec) as f64 / 1e6 / secs * 100.0 * 10.0)
                                 .round()
                                 / 10.0
                         }
                         Some((_, _, cpu, _)) => cpu,
                         None => 0.0,
                     };
-                    live.usage = Some((ticks, now, cpu, rss));
+                    live.usage = Some((usec, now, cpu, rss));
                     report["cpu_percent"] = json!(cpu);
                     report["rss_bytes"] = json!(rss);
                 }
@@ -92,12 +112,12 @@ impl Tasks {
             .values()
             .filter(|l| l.process.is_some())
             .filter_map(|l| {
-                let (ticks, _, _, rss) = l.usage?;
+                let (usec, _, _, rss) = l.usage?;
                 Some(crate::telemetry::TaskUsage {
                     task_id: l.task.id.clone(),
                     type_name: l.task.kind.type_name(),
                     name: l.collector.as_ref().map(|c| c.name.clone()),
-                    cpu_seconds: ticks as f64 / hz,
+                    cpu_seconds: usec as f64 / 1e6,
                     rss_bytes: rss,
                 })
             })
