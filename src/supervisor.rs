@@ -48,7 +48,7 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 const CGROUP_EMPTY_GRACE: Duration = Duration::from_secs(10);
 
 /// Where a child's standard output goes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Output {
     /// Kept in memory up to `max` bytes (iperf3's JSON).
     Capture {
@@ -95,7 +95,7 @@ pub struct Started {
     pub start_ticks: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
@@ -162,7 +162,33 @@ impl std::fmt::Display for SpawnError {
 
 enum Command {
     Watch(Box<Watched>),
-    Stop { pid: i32, grace: Duration },
+    Stop {
+        pid: i32,
+        grace: Duration,
+    },
+    /// Hand every child over (an agent update, section 4.3): answer with
+    /// them, their pipes left open across exec, then wait; `true` on the
+    /// second channel means the exec failed and watching goes on.
+    Export(Sender<Vec<Inherited>>, Receiver<bool>),
+}
+
+/// A child as a handover carries it to the next program image: everything
+/// the watcher knew, and the pipe descriptors (open across the exec).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Inherited {
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub stdout_fd: Option<i32>,
+    pub stderr_fd: Option<i32>,
+    pub stdout: Output,
+    pub stderr_log: Option<(PathBuf, u64)>,
+    pub captured: Vec<u8>,
+    pub truncated: bool,
+    pub tail: Vec<u8>,
+    pub stopped: bool,
+    pub cgroup: Option<PathBuf>,
+    /// Already reaped, with this status (its output may still be coming).
+    pub exited: Option<ExitStatus>,
 }
 
 struct Watched {
@@ -340,6 +366,59 @@ impl Supervisor {
         self.send(Command::Stop { pid, grace });
     }
 
+    /// Stops watching for an exec into another program image: every child
+    /// with its pipes drained and left open across exec. The watcher then
+    /// waits; `resume` (after a failed exec) makes it watch again.
+    pub fn export(&self) -> Option<(Vec<Inherited>, Sender<bool>)> {
+        let (answer, children) = mpsc::channel();
+        let (resume, resumed) = mpsc::channel();
+        self.send(Command::Export(answer, resumed));
+        let children = children.recv_timeout(Duration::from_secs(2)).ok()?;
+        Some((children, resume))
+    }
+
+    /// Takes a child handed over by the previous program image back under
+    /// watch, as if this supervisor had started it. `None` when the pid is
+    /// not this process's child or not the recorded process.
+    pub fn adopt(&self, child: Inherited) -> Option<Started> {
+        let ours = std::fs::read_to_string(format!("/proc/{}/stat", child.pid))
+            .ok()
+            .filter(|stat| parse_start_ticks(stat) == Some(child.start_ticks))
+            .and_then(|stat| {
+                let ppid = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().nth(1))?;
+                ppid.parse::<i32>().ok()
+            })
+            .is_some_and(|ppid| ppid == std::process::id() as i32);
+        if !ours && child.exited.is_none() {
+            return None;
+        }
+        let started = Started {
+            pid: child.pid,
+            start_ticks: child.start_ticks,
+        };
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(child.pid, started);
+        self.send(Command::Watch(Box::new(Watched {
+            pid: child.pid,
+            stdout_pipe: child.stdout_fd.and_then(inherited_pipe),
+            stderr_pipe: child.stderr_fd.and_then(inherited_pipe),
+            stdout: child.stdout,
+            stderr_log: child.stderr_log,
+            captured: child.captured,
+            truncated: child.truncated,
+            tail: child.tail,
+            status: child.exited.map(|s| (s, Instant::now())),
+            kill_at: None,
+            stopped: child.stopped,
+            cgroup: child.cgroup,
+        })));
+        Some(started)
+    }
+
     /// Children started and not yet reported as exited.
     pub fn running(&self) -> Vec<Started> {
         self.running
@@ -349,6 +428,39 @@ impl Supervisor {
             .copied()
             .collect()
     }
+}
+
+/// A pipe named by a handover: taken only if it is a pipe above the
+/// standard descriptors, and made close-on-exec again.
+fn inherited_pipe(fd: i32) -> Option<File> {
+    use nix::sys::stat::{SFlag, fstat};
+    if fd <= 2 {
+        return None;
+    }
+    // SAFETY: only looks at the descriptor; an fd that is not open fails.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let stat = fstat(borrowed).ok()?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+        return None;
+    }
+    set_cloexec(fd, true);
+    // SAFETY: the handover gave this image the descriptor, which nothing
+    // else in it owns; it is a pipe (checked above) and is owned from here
+    // on by the returned File alone.
+    Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Sets or clears FD_CLOEXEC on one descriptor.
+pub fn set_cloexec(fd: RawFd, on: bool) {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    // SAFETY: fcntl on a descriptor number only changes its flags.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    let _ = fcntl(borrowed, FcntlArg::F_SETFD(flags));
 }
 
 /// Everything the child needs, allocated before the fork.
@@ -663,6 +775,21 @@ impl Watcher {
             Command::Watch(child) => {
                 self.children.insert(child.pid, *child);
             }
+            Command::Export(answer, resumed) => {
+                let children = self.export();
+                let fds: Vec<RawFd> = children
+                    .iter()
+                    .flat_map(|c| [c.stdout_fd, c.stderr_fd])
+                    .flatten()
+                    .collect();
+                if answer.send(children).is_err() {
+                    return self.resume(&fds);
+                }
+                // The exec ends this thread; a `true` (or a dropped
+                // sender) means the exec did not happen.
+                let _ = resumed.recv();
+                self.resume(&fds);
+            }
             Command::Stop { pid, grace } => {
                 if let Some(child) = self.children.get_mut(&pid)
                     && child.status.is_none()
@@ -673,6 +800,52 @@ impl Watcher {
                     child.kill_at = Some(child.kill_at.map_or(kill_at, |k| k.min(kill_at)));
                 }
             }
+        }
+    }
+
+    fn export(&mut self) -> Vec<Inherited> {
+        let pids: Vec<i32> = self.children.keys().copied().collect();
+        let mut out = Vec::new();
+        for pid in pids {
+            let Some(child) = self.children.get_mut(&pid) else {
+                continue;
+            };
+            child.drain(true);
+            child.drain(false);
+            let fd = |p: &Option<File>| {
+                p.as_ref().map(|f| {
+                    set_cloexec(f.as_raw_fd(), false);
+                    f.as_raw_fd()
+                })
+            };
+            let started = self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&pid)
+                .copied();
+            out.push(Inherited {
+                pid,
+                start_ticks: started.map(|s| s.start_ticks).unwrap_or(0),
+                stdout_fd: fd(&child.stdout_pipe),
+                stderr_fd: fd(&child.stderr_pipe),
+                stdout: child.stdout.clone(),
+                stderr_log: child.stderr_log.clone(),
+                captured: child.captured.clone(),
+                truncated: child.truncated,
+                tail: child.tail.clone(),
+                stopped: child.stopped,
+                cgroup: child.cgroup.clone(),
+                exited: child.status.map(|(s, _)| s),
+            });
+        }
+        out
+    }
+
+    /// The exec did not happen: the pipes are close-on-exec again.
+    fn resume(&mut self, fds: &[RawFd]) {
+        for fd in fds {
+            set_cloexec(*fd, true);
         }
     }
 

@@ -22,10 +22,11 @@ pub const TYPES: &[&str] = &[
     "collector_start",
     "collector_stop",
     "system_info",
+    "agent_update",
 ];
 
 /// A task that passed every check.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     pub id: String,
     pub kind: Kind,
@@ -36,7 +37,7 @@ pub struct Task {
 
 /// Resource limits a task asks for (section 4.2), checked but not yet
 /// known to be enforceable: that is the task table's call.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub memory_max_bytes: Option<u64>,
     /// 100 is one whole core.
@@ -44,7 +45,7 @@ pub struct Limits {
     pub pids_max: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     IperfServer(IperfServer),
     IperfClient(IperfClient),
@@ -53,6 +54,23 @@ pub enum Kind {
     CollectorStart(CollectorStart),
     CollectorStop { name: String },
     SystemInfo,
+    AgentUpdate(AgentUpdate),
+}
+
+/// Section 4.3: where the new program comes from, and what it must be.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AgentUpdate {
+    pub source: ProgramSource,
+    /// Lowercase hex.
+    pub sha256: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgramSource {
+    Url(String),
+    Path(std::path::PathBuf),
 }
 
 impl Kind {
@@ -65,6 +83,7 @@ impl Kind {
             Kind::CollectorStart(_) => "collector_start",
             Kind::CollectorStop { .. } => "collector_stop",
             Kind::SystemInfo => "system_info",
+            Kind::AgentUpdate(_) => "agent_update",
         }
     }
 
@@ -74,7 +93,7 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IperfServer {
     pub port: u16,
     pub udp: bool,
@@ -82,7 +101,7 @@ pub struct IperfServer {
     pub one_off: bool,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IperfClient {
     pub server: String,
     pub port: u16,
@@ -95,7 +114,7 @@ pub struct IperfClient {
     pub omit: u32,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ConfigSource {
     Url(String),
     Inline(String),
@@ -109,7 +128,7 @@ pub enum Restart {
     Never,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CollectorStart {
     pub name: String,
     pub source: ConfigSource,
@@ -203,6 +222,7 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         "collector_start" => fields.collector_start(&id),
         "collector_stop" => fields.collector_stop(),
         "system_info" => Ok(Kind::SystemInfo),
+        "agent_update" => fields.agent_update(),
         "" => return Err(reject(ErrorKind::UnknownType, "type: missing".into())),
         other => {
             return Err(reject(
@@ -442,6 +462,59 @@ impl Fields<'_> {
             sha256,
             restart,
             args,
+        }))
+    }
+
+    fn agent_update(&self) -> Result<Kind, String> {
+        let source = match (self.string("url")?, self.string("path")?) {
+            (Some(url), None) => {
+                // The program runs as the agent: never over plain http.
+                if !url.starts_with("https://") {
+                    return Err(format!(
+                        "url: {:?} is not an https:// URL",
+                        ids::escape_for_log(url)
+                    ));
+                }
+                ProgramSource::Url(url.to_string())
+            }
+            (None, Some(path)) if path.starts_with('/') && !path.contains('\0') => {
+                ProgramSource::Path(path.into())
+            }
+            (None, Some(path)) => {
+                return Err(format!(
+                    "path: {:?} is not an absolute path",
+                    ids::escape_for_log(path)
+                ));
+            }
+            (Some(_), Some(_)) => return Err("url, path: give exactly one, not both".into()),
+            (None, None) => return Err("url, path: one of them is required".into()),
+        };
+        let sha256 = match self.string("sha256")? {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                h.to_ascii_lowercase()
+            }
+            Some(h) => {
+                return Err(format!(
+                    "sha256: {:?} is not 64 hex characters",
+                    ids::escape_for_log(h)
+                ));
+            }
+            None => return Err("sha256: required".into()),
+        };
+        let version = match self.string("version")? {
+            Some(v) if crate::programs::is_version(v) => v.to_string(),
+            Some(v) => {
+                return Err(format!(
+                    "version: {:?} is not a dotted version such as 1.2.3",
+                    ids::escape_for_log(v)
+                ));
+            }
+            None => return Err("version: required".into()),
+        };
+        Ok(Kind::AgentUpdate(AgentUpdate {
+            source,
+            sha256,
+            version,
         }))
     }
 

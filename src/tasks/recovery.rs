@@ -59,6 +59,13 @@ impl Tasks {
             .into_iter()
             .collect();
         for record in self.ledger.unfinished() {
+            // Handed over by the previous image: already supervised here.
+            if self.live.contains_key(&record.id)
+                || self.updating.as_ref().is_some_and(|u| u.id == record.id)
+            {
+                left_cgroups.remove(&record.id);
+                continue;
+            }
             let cgroup = left_cgroups.remove(&record.id);
             let mut candidates = marked.remove(&record.id).unwrap_or_default();
             candidates.extend(cgroup.as_deref().map(in_cgroup).unwrap_or_default());
@@ -142,6 +149,9 @@ impl Tasks {
     }
 
     fn cut_off(&mut self, record: &Record) {
+        if record.type_name == "agent_update" {
+            return self.update_cut_off(&record.id);
+        }
         log::info!(
             task_id = record.id.as_str();
             "task {} ({}) was cut off by an agent restart",

@@ -1,0 +1,213 @@
+//! The handover of section 4.3 step 3: one program image passing the
+//! running agent to another in the same process (`execv`, same PID), so
+//! every child stays a child (waitpid, exit codes and pipes keep working)
+//! and systemd sees no change.
+//!
+//! What the next image needs travels in `<state>/handover.json` (written
+//! atomically) and in descriptors left open across the exec: each child's
+//! output pipes, the health responder's listening socket, and the saved
+//! standard error of a program on trial. Every other descriptor the agent
+//! opens is close-on-exec, as always.
+//!
+//! Invariants:
+//! - A handover file is used only by the very process that wrote it (its
+//!   pid and start time, which an exec keeps), and only once: it is removed
+//!   as it is read. Anything else about it (unreadable, another process's,
+//!   another format) falls back to the ordinary recovery of section 6.2.
+//! - It never holds the key: the next image reads its settings again.
+
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::Origin;
+use crate::programs::Program;
+use crate::supervisor::Inherited;
+use crate::tasks::Handed;
+
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Handover {
+    pub format: u32,
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub update_task_id: String,
+    pub origin: Origin,
+    pub from: Program,
+    pub to: Program,
+    /// Set when a new program that could not take over hands back to the
+    /// previous one: why.
+    #[serde(default)]
+    pub rollback: Option<String>,
+    /// The agent's own standard error, saved while a program on trial
+    /// writes to a file instead.
+    #[serde(default)]
+    pub saved_stderr: Option<RawFd>,
+    #[serde(default)]
+    pub listener: Option<RawFd>,
+    pub children: Vec<Inherited>,
+    pub tasks: Vec<Handed>,
+}
+
+/// Why a handover did not happen.
+#[derive(Debug)]
+pub enum HandoverError {
+    Write(crate::error::Error),
+    Exec { program: PathBuf, errno: nix::Error },
+    Supervisor,
+    Busy(String),
+}
+
+impl std::fmt::Display for HandoverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandoverError::Write(e) => write!(f, "cannot write the handover file: {e}"),
+            HandoverError::Exec { program, errno } => {
+                write!(f, "cannot exec {}: {}", program.display(), errno.desc())
+            }
+            HandoverError::Supervisor => {
+                write!(f, "the supervisor did not hand its children over in time")
+            }
+            HandoverError::Busy(why) => write!(f, "tasks are changing state: {why}"),
+        }
+    }
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("handover.json")
+}
+
+/// This process's start time in clock ticks (kept by exec).
+pub fn own_start_ticks() -> u64 {
+    crate::supervisor::start_ticks(Path::new("/"), std::process::id() as i32).unwrap_or(0)
+}
+
+impl Handover {
+    pub fn new(update_task_id: &str, origin: Origin, from: Program, to: Program) -> Handover {
+        Handover {
+            format: FORMAT,
+            pid: std::process::id() as i32,
+            start_ticks: own_start_ticks(),
+            update_task_id: update_task_id.to_string(),
+            origin,
+            from,
+            to,
+            rollback: None,
+            saved_stderr: None,
+            listener: None,
+            children: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+}
+
+/// The handover this process was given, if any; the file is removed
+/// whatever it holds.
+pub fn take(state_dir: &Path) -> Option<Handover> {
+    let path = path(state_dir);
+    let bytes = std::fs::read(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    let _ = crate::state::sync_dir(state_dir);
+    let handover: Handover = match serde_json::from_slice(&bytes) {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!(
+                "{}: unreadable ({e}); recovering as after a crash",
+                path.display()
+            );
+            return None;
+        }
+    };
+    if handover.format != FORMAT
+        || handover.pid != std::process::id() as i32
+        || handover.start_ticks != own_start_ticks()
+    {
+        log::warn!(
+            "{}: left by another process (pid {}); recovering as after a crash",
+            path.display(),
+            handover.pid
+        );
+        return None;
+    }
+    Some(handover)
+}
+
+/// Writes the handover file and execs `program` with this process's own
+/// arguments; returns only if that failed (the file is removed again).
+pub fn exec(state_dir: &Path, handover: &Handover, program: &Path) -> HandoverError {
+    use std::os::unix::ffi::OsStrExt;
+    let file = path(state_dir);
+    let bytes = match crate::state::encode_json(handover) {
+        Ok(b) => b,
+        Err(e) => return HandoverError::Write(e),
+    };
+    if let Err(e) = crate::state::write_atomic(&file, &bytes) {
+        return HandoverError::Write(e);
+    }
+    for fd in handover.saved_stderr.iter().chain(handover.listener.iter()) {
+        crate::supervisor::set_cloexec(*fd, false);
+    }
+    let cstring = |b: &[u8]| std::ffi::CString::new(b).unwrap_or_default();
+    let path = cstring(program.as_os_str().as_bytes());
+    let mut argv = vec![path.clone()];
+    argv.extend(std::env::args_os().skip(1).map(|a| cstring(a.as_bytes())));
+    let errno = match nix::unistd::execv(&path, &argv) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    for fd in handover.saved_stderr.iter().chain(handover.listener.iter()) {
+        crate::supervisor::set_cloexec(*fd, true);
+    }
+    let _ = std::fs::remove_file(&file);
+    HandoverError::Exec {
+        program: program.to_path_buf(),
+        errno,
+    }
+}
+
+/// Sends standard error to `file` (a program on trial writes there) and
+/// returns the saved descriptor of the real one, open across exec.
+pub fn divert_stderr(file: &Path) -> Option<RawFd> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .ok()?;
+    // SAFETY: dup of standard error into a new descriptor this code owns.
+    let saved = unsafe { nix::libc::fcntl(2, nix::libc::F_DUPFD_CLOEXEC, 10) };
+    if saved < 0 {
+        return None;
+    }
+    // SAFETY: dup2 onto standard error; both descriptors are open.
+    if unsafe { nix::libc::dup2(log.as_raw_fd(), 2) } < 0 {
+        // SAFETY: `saved` was opened above and is owned here.
+        unsafe { nix::libc::close(saved) };
+        return None;
+    }
+    Some(saved)
+}
+
+/// Puts the saved standard error back (the trial is over) and closes the
+/// saved descriptor; what went to the trial file is copied to it first, so
+/// the journal misses nothing.
+pub fn restore_stderr(saved: RawFd, trial_file: &Path) {
+    use std::io::Write;
+    if saved <= 2 {
+        return;
+    }
+    let kept = std::fs::read(trial_file).unwrap_or_default();
+    // SAFETY: `saved` came from the handover as the agent's standard
+    // error; dup2 onto 2 and close of the saved copy.
+    unsafe {
+        if nix::libc::dup2(saved, 2) >= 0 {
+            nix::libc::close(saved);
+        }
+    }
+    let _ = std::io::stderr().write_all(&kept);
+}

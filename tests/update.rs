@@ -1,0 +1,364 @@
+//! In-place agent updates (PROTOCOL 4.3) end to end: the real binary
+//! updated to a second real build of this crate (`OUTPOST_BUILD_VERSION`
+//! set at build time, built once into `target/update-peer`), and to small
+//! scripts standing in for programs that fail at start or never get ready.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{Agent, FakeManager, Reply, TempDir, eventually, free_port, processes_matching};
+use serde_json::{Value, json};
+
+const SECOND: Duration = Duration::from_secs(1);
+const SH: &str = "/bin/sh {config}";
+const PEER_VERSION: &str = "0.1.1";
+
+/// The second build: this crate with another version number. Built once
+/// per test process (cargo's own lock keeps concurrent builds apart).
+fn peer() -> &'static Path {
+    static PEER: OnceLock<PathBuf> = OnceLock::new();
+    PEER.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = manifest.join("target/update-peer");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--bin", "outpost", "--target-dir"])
+            .arg(&target)
+            .env("OUTPOST_BUILD_VERSION", PEER_VERSION)
+            .current_dir(manifest)
+            .status()
+            .expect("run cargo for the peer build");
+        assert!(status.success(), "the peer build failed");
+        target.join("debug/outpost")
+    })
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn update_task(id: &str, path: &Path, version: &str) -> Value {
+    json!({"id": id, "type": "agent_update", "payload": {
+        "path": path, "sha256": sha256_of(path), "version": version}})
+}
+
+/// A script that answers `--version` and `--check-config` like an agent
+/// of `version` would, and otherwise runs `body`.
+fn script(dir: &Path, name: &str, version: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  case \"$a\" in\n    --version) echo \"outpost {version}\"; exit 0;;\n    --check-config) echo ok; exit 0;;\n  esac\ndone\n{body}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn sleeper(marker: &str) -> String {
+    format!("# {marker}\nexec sleep 3600 # {marker}\n")
+}
+
+fn collector(id: &str) -> Value {
+    json!({"id": id, "type": "collector_start", "payload": {"name": id, "config": sleeper(id)}})
+}
+
+fn pids_of(marker: &str) -> Vec<i32> {
+    processes_matching("sleep 3600")
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|e| String::from_utf8_lossy(&e).contains(marker))
+        })
+        .collect()
+}
+
+fn registrations(manager: &FakeManager) -> Vec<Value> {
+    manager
+        .seen_at("/v1/agent/register")
+        .into_iter()
+        .map(|s| s.body)
+        .collect()
+}
+
+fn status_of(agent: &Agent) -> Value {
+    let (_, body) = agent.get("/status");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn an_update_keeps_the_pid_every_child_and_a_running_client() {
+    let peer = peer();
+    let manager = FakeManager::start();
+    let agent = Agent::with_manager(&manager, &[("OUTPOST_COLLECTOR_CMD", SH)]);
+    let pid = agent.child.id();
+    let port = free_port();
+    manager.hand_out(collector("c-1"));
+    manager.hand_out(json!({"id": "srv", "type": "iperf_server_start", "payload": {"port": port}}));
+    manager.wait_state("c-1", "running", 20 * SECOND);
+    manager.wait_state("srv", "running", 20 * SECOND);
+    let collector_pids = pids_of("c-1");
+    assert_eq!(collector_pids.len(), 1, "{collector_pids:?}");
+    manager.hand_out(json!({"id": "cli", "type": "iperf_client_run",
+        "payload": {"server": "127.0.0.1", "port": port, "time": 4}}));
+    eventually("the client runs", 20 * SECOND, || {
+        status_of(&agent)["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["id"] == "cli" && t["pid"].is_number()))
+    });
+    let status = status_of(&agent);
+    let pid_of = |id: &str, status: &Value| {
+        status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .map(|t| t["pid"].clone())
+    };
+    let (server_pid, client_pid) = (pid_of("srv", &status), pid_of("cli", &status));
+    let before = registrations(&manager).len();
+
+    manager.hand_out(update_task("up-1", peer, PEER_VERSION));
+    let done = manager.wait_state("up-1", "succeeded", 60 * SECOND);
+    assert_eq!(
+        done["result"],
+        json!({"from": env!("CARGO_PKG_VERSION"), "to": PEER_VERSION})
+    );
+
+    // The same process, registered again as the new version.
+    assert_eq!(agent.child.id(), pid);
+    let regs = registrations(&manager);
+    assert!(regs.len() > before);
+    let last = regs.last().unwrap();
+    assert_eq!(last["agent_version"], PEER_VERSION);
+    assert_ne!(last["instance_id"], regs[0]["instance_id"]);
+    assert!(
+        last["capabilities"]["task_types"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("agent_update"))
+    );
+    // Every child kept, under the same pid, and still supervised.
+    assert_eq!(pids_of("c-1"), collector_pids);
+    let status = status_of(&agent);
+    assert_eq!(status["version"], PEER_VERSION, "{status}");
+    assert_eq!(pid_of("srv", &status), server_pid);
+    // The client's result still arrives, through the new image.
+    let result = manager.wait_state("cli", "succeeded", 30 * SECOND);
+    assert_eq!(Some(result["pid"].clone()), client_pid);
+    assert!(
+        result["result"]["summary"]["sent_bps"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+    // Nothing was reported twice or out of order for the collector.
+    let states: Vec<Value> = manager
+        .updates("c-1")
+        .iter()
+        .map(|u| u["seq"].clone())
+        .collect();
+    assert!(
+        states.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()),
+        "{states:?}"
+    );
+    assert!(
+        manager
+            .updates("c-1")
+            .iter()
+            .all(|u| u["state"] != "failed")
+    );
+    // No zombies: the new image reaps what the old one started.
+    assert!(common::zombie_children(pid).is_empty());
+    let (code, _) = agent.get("/health");
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn a_checksum_mismatch_or_a_refused_config_change_nothing() {
+    let dir = TempDir::new("update-bad");
+    let refuses = dir.path().join("refuses");
+    std::fs::write(
+        &refuses,
+        "#!/bin/sh\ncase \"$*\" in *--version*) echo outpost 9.0.0;; *) echo 'OUTPOST_X: no such setting' >&2; exit 78;; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&refuses, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let manager = FakeManager::start();
+    let agent = Agent::with_manager(&manager, &[]);
+    let pid = agent.child.id();
+
+    let mut wrong = update_task("bad-sum", &refuses, "9.0.0");
+    wrong["payload"]["sha256"] = json!("0".repeat(64));
+    manager.hand_out(wrong);
+    let failed = manager.wait_state("bad-sum", "failed", 30 * SECOND);
+    assert_eq!(failed["error"]["kind"], "checksum_mismatch", "{failed}");
+
+    manager.hand_out(update_task("refused", &refuses, "9.0.0"));
+    let failed = manager.wait_state("refused", "failed", 30 * SECOND);
+    assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no such setting"), "{message}");
+
+    manager.hand_out(json!({"id": "no-version", "type": "agent_update",
+        "payload": {"path": refuses, "sha256": "0".repeat(64)}}));
+    let rejected = manager.wait_state("no-version", "rejected", 30 * SECOND);
+    assert!(
+        rejected["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("version")
+    );
+
+    // Same process, same version, nothing kept to run at the next start.
+    assert_eq!(agent.child.id(), pid);
+    assert_eq!(status_of(&agent)["version"], env!("CARGO_PKG_VERSION"));
+    let record: Value = std::fs::read(agent.state_dir().join("programs/update.json"))
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap_or(Value::Null);
+    assert!(record["current"].is_null(), "{record}");
+    assert_eq!(registrations(&manager).len(), 1);
+}
+
+#[test]
+fn updating_to_the_running_version_changes_nothing() {
+    let manager = FakeManager::start();
+    let agent = Agent::with_manager(&manager, &[]);
+    let me = Path::new(common::binary());
+    manager.hand_out(update_task("same", me, env!("CARGO_PKG_VERSION")));
+    let done = manager.wait_state("same", "succeeded", 30 * SECOND);
+    let v = env!("CARGO_PKG_VERSION");
+    assert_eq!(done["result"], json!({"from": v, "to": v}));
+    assert_eq!(registrations(&manager).len(), 1);
+    assert!(!agent.state_dir().join("programs/update.json").exists());
+}
+
+#[test]
+fn a_version_that_dies_at_start_is_rolled_back_with_its_stderr() {
+    let dir = TempDir::new("update-dies");
+    let dies = script(
+        dir.path(),
+        "dies",
+        "7.0.0",
+        "echo 'fatal: cannot start the new agent' >&2\nexit 1",
+    );
+    let manager = FakeManager::start();
+    let mut agent = Agent::with_manager(&manager, &[("OUTPOST_COLLECTOR_CMD", SH)]);
+    manager.hand_out(collector("c-d"));
+    manager.wait_state("c-d", "running", 20 * SECOND);
+    manager.hand_out(update_task("up-dies", &dies, "7.0.0"));
+    // The process is the script now, and it dies.
+    let status = agent.wait_exit(30 * SECOND);
+    assert_eq!(status.code(), Some(1));
+    // systemd would start the agent again; here the test does.
+    let state = std::mem::replace(&mut agent.state, TempDir::new("unused"));
+    let again = Agent::start_in(
+        state,
+        &[
+            ("OUTPOST_MANAGER_URL", manager.base.as_str()),
+            ("OUTPOST_AGENT_KEY", common::KEY),
+            ("OUTPOST_HEARTBEAT_INTERVAL", "200ms"),
+            ("OUTPOST_COLLECTOR_CMD", SH),
+        ],
+        &[],
+    );
+    let failed = manager.wait_state("up-dies", "failed", 30 * SECOND);
+    assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
+    assert!(
+        failed["stderr_tail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fatal: cannot start the new agent"),
+        "{failed}"
+    );
+    // The previous version runs, with its collector (section 6.2).
+    assert_eq!(status_of(&again)["version"], env!("CARGO_PKG_VERSION"));
+    eventually("the collector runs again", 20 * SECOND, || {
+        pids_of("c-d").len() == 1
+    });
+    // Never started again by itself: a restart stays on this version.
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(again.state_dir().join("programs/update.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        record["trial"].is_null() && record["current"].is_null(),
+        "{record}"
+    );
+    assert_eq!(record["failed"].as_array().unwrap().len(), 1, "{record}");
+}
+
+#[test]
+fn a_version_that_never_gets_ready_hands_back_with_every_child() {
+    let peer = peer();
+    let manager = FakeManager::start();
+    // The manager turns the new version away, so it never registers.
+    manager.set_script(|seen| {
+        if seen.path == "/v1/agent/register" && seen.body["agent_version"] == PEER_VERSION {
+            Reply::status(503)
+        } else {
+            common::default_reply(seen)
+        }
+    });
+    let agent = Agent::with_manager(&manager, &[("OUTPOST_COLLECTOR_CMD", SH)]);
+    let pid = agent.child.id();
+    manager.hand_out(collector("c-n"));
+    manager.wait_state("c-n", "running", 20 * SECOND);
+    let collector_pids = pids_of("c-n");
+    manager.hand_out(update_task("up-never", peer, PEER_VERSION));
+    let failed = manager.wait_state("up-never", "failed", 120 * SECOND);
+    assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not ready"), "{message}");
+    assert_eq!(agent.child.id(), pid);
+    assert_eq!(pids_of("c-n"), collector_pids);
+    assert_eq!(status_of(&agent)["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        registrations(&manager)
+            .iter()
+            .any(|r| r["agent_version"] == PEER_VERSION)
+    );
+}
+
+#[test]
+fn after_an_update_a_restart_from_the_installed_program_runs_the_new_one() {
+    let peer = peer();
+    let manager = FakeManager::start();
+    let mut agent = Agent::with_manager(&manager, &[]);
+    manager.hand_out(update_task("up-r", peer, PEER_VERSION));
+    manager.wait_state("up-r", "succeeded", 60 * SECOND);
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(30 * SECOND).success());
+    let before = registrations(&manager).len();
+    let state = std::mem::replace(&mut agent.state, TempDir::new("unused"));
+    let again = Agent::start_in(
+        state,
+        &[
+            ("OUTPOST_MANAGER_URL", manager.base.as_str()),
+            ("OUTPOST_AGENT_KEY", common::KEY),
+            ("OUTPOST_HEARTBEAT_INTERVAL", "200ms"),
+        ],
+        &[],
+    );
+    manager.wait_for("a registration", 30 * SECOND, |seen| {
+        seen.iter()
+            .filter(|s| s.path == "/v1/agent/register")
+            .count()
+            > before
+    });
+    assert_eq!(
+        registrations(&manager).last().unwrap()["agent_version"],
+        PEER_VERSION
+    );
+    assert_eq!(status_of(&again)["version"], PEER_VERSION);
+}
