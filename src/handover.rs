@@ -210,4 +210,6 @@ pub fn restore_stderr(saved: RawFd, trial_file: &Path) {
         }
     }
     let _ = std::io::stderr().write_all(&kept);
+    // What a later death leaves there is then its own, not this start's.
+    let _ = std::fs::remove_file(trial_file);
 }
