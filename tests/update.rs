@@ -362,3 +362,109 @@ fn after_an_update_a_restart_from_the_installed_program_runs_the_new_one() {
     );
     assert_eq!(status_of(&again)["version"], PEER_VERSION);
 }
+
+/// Every task's updates, as first seen by the manager, numbered 1, 2, 3…
+/// in order, with no gap.
+fn assert_in_order(manager: &FakeManager, id: &str) {
+    let mut first_seen: Vec<u64> = Vec::new();
+    for u in manager.updates(id) {
+        let seq = u["seq"].as_u64().unwrap();
+        if !first_seen.contains(&seq) {
+            first_seen.push(seq);
+        }
+    }
+    let expected: Vec<u64> = (1..=first_seen.len() as u64).collect();
+    assert_eq!(first_seen, expected, "updates of {id}");
+}
+
+#[test]
+fn updates_pending_through_a_manager_outage_during_the_update_arrive_in_order() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let peer = peer();
+    let manager = FakeManager::start();
+    let down = Arc::new(AtomicBool::new(false));
+    {
+        let down = down.clone();
+        manager.set_chaos(move |seen, reply| {
+            if down.load(Ordering::SeqCst) && seen.path.ends_with("/status") {
+                Reply::status(503)
+            } else {
+                reply
+            }
+        });
+    }
+    let agent = Agent::with_manager(&manager, &[("OUTPOST_COLLECTOR_CMD", SH)]);
+    let port = free_port();
+    manager
+        .hand_out(json!({"id": "o-srv", "type": "iperf_server_start", "payload": {"port": port}}));
+    manager.wait_state("o-srv", "running", 20 * SECOND);
+    // Status updates stop getting through, then tasks change state on both
+    // sides of the exec.
+    down.store(true, Ordering::SeqCst);
+    manager.hand_out(collector("o-col"));
+    manager.hand_out(json!({"id": "o-cli", "type": "iperf_client_run",
+        "payload": {"server": "127.0.0.1", "port": port, "time": 3}}));
+    manager.hand_out(json!({"id": "o-info", "type": "system_info"}));
+    manager.hand_out(update_task("o-up", peer, PEER_VERSION));
+    manager.wait_for("the new version's registration", 60 * SECOND, |seen| {
+        seen.iter()
+            .any(|s| s.path == "/v1/agent/register" && s.body["agent_version"] == PEER_VERSION)
+    });
+    eventually("the client done", 30 * SECOND, || {
+        let status = status_of(&agent);
+        !status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "o-cli")
+    });
+    down.store(false, Ordering::SeqCst);
+    manager.wait_state("o-up", "succeeded", 30 * SECOND);
+    manager.wait_state("o-cli", "succeeded", 30 * SECOND);
+    manager.wait_state("o-info", "succeeded", 30 * SECOND);
+    manager.wait_state("o-col", "running", 30 * SECOND);
+    for id in ["o-srv", "o-col", "o-cli", "o-info", "o-up"] {
+        assert_in_order(&manager, id);
+    }
+}
+
+#[test]
+fn a_spool_update_without_a_manager_succeeds_at_once() {
+    let peer = peer();
+    let agent = Agent::start(&[("OUTPOST_COLLECTOR_CMD", SH)]);
+    let pid = agent.child.id();
+    let inbox = agent.state_dir().join("inbox");
+    eventually("the inbox", 10 * SECOND, || inbox.is_dir());
+    let write = |name: &str, task: Value| {
+        let tmp = agent.state_dir().join(format!("{name}.tmp"));
+        std::fs::write(&tmp, task.to_string()).unwrap();
+        std::fs::rename(&tmp, inbox.join(format!("{name}.json"))).unwrap();
+    };
+    write("c", collector("s-col"));
+    let result = |id: &str| -> Value {
+        std::fs::read(agent.state_dir().join(format!("results/{id}.json")))
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap_or(Value::Null)
+    };
+    eventually("the collector running", 20 * SECOND, || {
+        result("s-col")["state"] == "running"
+    });
+    let collector_pids = pids_of("s-col");
+    write("u", update_task("s-up", peer, PEER_VERSION));
+    eventually("the update done", 60 * SECOND, || {
+        result("s-up")["state"] == "succeeded"
+    });
+    assert_eq!(
+        result("s-up")["result"],
+        json!({"from": env!("CARGO_PKG_VERSION"), "to": PEER_VERSION})
+    );
+    assert_eq!(agent.child.id(), pid);
+    assert_eq!(pids_of("s-col"), collector_pids);
+    assert_eq!(status_of(&agent)["version"], PEER_VERSION);
+    // Another update while none is in progress any more: the same version.
+    write("u2", update_task("s-up2", peer, PEER_VERSION));
+    eventually("the second update done", 30 * SECOND, || {
+        result("s-up2")["state"] == "succeeded"
+    });
+}
