@@ -75,12 +75,16 @@ fn collector(id: &str) -> Value {
     json!({"id": id, "type": "collector_start", "payload": {"name": id, "config": sleeper(id)}})
 }
 
-fn pids_of(marker: &str) -> Vec<i32> {
+/// Collector processes whose environment holds every one of `markers`
+/// (`;`-separated).
+fn pids_of(markers: &str) -> Vec<i32> {
     processes_matching("sleep 3600")
         .into_iter()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|e| String::from_utf8_lossy(&e).contains(marker))
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| {
+                let env = String::from_utf8_lossy(&e);
+                markers.split(';').all(|m| env.contains(m))
+            })
         })
         .collect()
 }
@@ -467,4 +471,152 @@ fn a_spool_update_without_a_manager_succeeds_at_once() {
     eventually("the second update done", 30 * SECOND, || {
         result("s-up2")["state"] == "succeeded"
     });
+}
+
+/// Processes that run the agent for `state` (its environment names the
+/// state directory; task children get a clean environment).
+fn agents_for(state: &Path) -> Vec<i32> {
+    let needle = format!("OUTPOST_STATE_DIR={}", state.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rfind(')').is_some_and(|i| s[i + 2..].starts_with('Z')));
+        if !zombie && env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn kill_9_at_random_moments_of_updates_loses_nothing() {
+    let peer = peer();
+    let rounds: u64 = std::env::var("OUTPOST_UPDATE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let manager = FakeManager::start();
+    let state = TempDir::new("update-crash");
+    let state_dir = state.path().join("state");
+    // The collector's environment names its task and this agent's state.
+    let marker = format!(
+        "OUTPOST_TASK=k-col\0;OUTPOST_TASK_OWNER={}\0",
+        state_dir.display()
+    );
+    let env = [
+        ("OUTPOST_MANAGER_URL", manager.base.as_str()),
+        ("OUTPOST_AGENT_KEY", common::KEY),
+        ("OUTPOST_HEARTBEAT_INTERVAL", "200ms"),
+        ("OUTPOST_STOP_GRACE", "1s"),
+        ("OUTPOST_COLLECTOR_CMD", SH),
+    ];
+    let mut rng = common::Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
+    let mut updates = Vec::new();
+    for round in 0..rounds {
+        let mut agent = Agent::start_in(TempDir(state.path().to_path_buf()), &env, &[]);
+        if round == 0 {
+            manager.hand_out(json!({"id": "k-col", "type": "collector_start",
+                "payload": {"name": "k-col", "config": sleeper("k-col")}}));
+            manager.wait_state("k-col", "running", 20 * SECOND);
+        }
+        let id = format!("k-up-{round}");
+        manager.hand_out(update_task(&id, peer, PEER_VERSION));
+        updates.push(id);
+        // Anywhere from the claim to well after the handover.
+        std::thread::sleep(Duration::from_millis(rng.below(12_000)));
+        agent.signal(nix::sys::signal::Signal::SIGKILL);
+        agent.wait_exit(10 * SECOND);
+        std::mem::forget(agent);
+        eventually("no agent left", 10 * SECOND, || {
+            agents_for(&state_dir).is_empty()
+        });
+        assert!(
+            pids_of(&marker).len() <= 1,
+            "two collectors: {:?}",
+            pids_of(&marker)
+        );
+    }
+    let agent = Agent::start_in(TempDir(state.path().to_path_buf()), &env, &[]);
+    manager.wait_for("the last registration", 30 * SECOND, |seen| {
+        seen.iter()
+            .filter(|s| s.path == "/v1/agent/register")
+            .count() as u64
+            > rounds
+    });
+    // Every update that was taken reached one final state, reported once.
+    // (One still in the fake manager's hands when its agent died is lost
+    // in transit, as a real manager's would be until it hands it out
+    // again; it never ran.)
+    eventually("updates settled", 60 * SECOND, || {
+        updates.iter().all(|id| {
+            let u = manager.updates(id);
+            u.is_empty()
+                || u.iter()
+                    .any(|u| u["state"] == "succeeded" || u["state"] == "failed")
+        })
+    });
+    let taken: Vec<&String> = updates
+        .iter()
+        .filter(|id| !manager.updates(id).is_empty())
+        .collect();
+    assert!(!taken.is_empty());
+    for id in taken {
+        let done = |id: &str| {
+            manager
+                .updates(id)
+                .iter()
+                .any(|u| u["state"] == "succeeded" || u["state"] == "failed")
+        };
+        eventually(&format!("{id} final"), 120 * SECOND, || done(id));
+        let finals: std::collections::BTreeSet<String> = manager
+            .updates(id)
+            .iter()
+            .filter(|u| ["succeeded", "failed", "rejected"].contains(&u["state"].as_str().unwrap()))
+            .map(|u| u["state"].to_string())
+            .collect();
+        assert_eq!(finals.len(), 1, "{id}: {:?}", manager.updates(id));
+        assert_in_order(&manager, id);
+    }
+    assert_in_order(&manager, "k-col");
+    // One agent, one collector, supervised by it.
+    eventually("one agent", 10 * SECOND, || {
+        agents_for(&state_dir).len() == 1
+    });
+    let deadline = std::time::Instant::now() + 20 * SECOND;
+    while pids_of(&marker).len() != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        pids_of(&marker).len(),
+        1,
+        "collector processes {:?} of {:?}; updates {:?}; output:\n{}",
+        pids_of(&marker),
+        processes_matching("sleep 3600")
+            .iter()
+            .map(|p| String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default()
+            )
+            .into_owned())
+            .collect::<Vec<_>>(),
+        manager.updates("k-col"),
+        agent.output()
+    );
+    let collector = pids_of(&marker)[0];
+    let ppid = std::fs::read_to_string(format!("/proc/{collector}/stat"))
+        .ok()
+        .and_then(|s| {
+            s[s.rfind(')').unwrap() + 2..]
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        });
+    assert_eq!(ppid, Some(agent.child.id().to_string()));
+    drop(agent);
+    std::mem::forget(state);
 }
