@@ -235,10 +235,13 @@ pub fn run(config: Config) -> Result<i32> {
     }
     log::debug!("started in {:?}", started.elapsed());
     if let Some(h) = &handover {
+        // Serving /health (the responder runs) and supervising every child
+        // handed over (adopted by the table above).
         log::info!(
-            "handover from version {} done in {:?} after exec",
+            "handover from version {}: serving and supervising {} task(s) {:.1} ms after the exec",
             h.from.version,
-            started.elapsed()
+            tasks.running_count(),
+            crate::handover::since_exec(h).as_secs_f64() * 1000.0
         );
     }
     drop(handover);
@@ -480,7 +483,7 @@ impl UpdateContext {
             program.display()
         );
         log::logger().flush();
-        let e = crate::handover::exec(&self.state_dir, &handover, program);
+        let e = crate::handover::exec(&self.state_dir, &mut handover, program);
         let _ = resume.send(true);
         e
     }

@@ -49,6 +49,10 @@ pub struct Handover {
     pub listener: Option<RawFd>,
     pub children: Vec<Inherited>,
     pub tasks: Vec<Handed>,
+    /// Wall-clock nanoseconds since the epoch just before the exec, for
+    /// the handover time the next image logs.
+    #[serde(default)]
+    pub exec_at_ns: u64,
 }
 
 /// Why a handover did not happen.
@@ -99,6 +103,7 @@ impl Handover {
             listener: None,
             children: Vec::new(),
             tasks: Vec::new(),
+            exec_at_ns: 0,
         }
     }
 }
@@ -136,9 +141,10 @@ pub fn take(state_dir: &Path) -> Option<Handover> {
 
 /// Writes the handover file and execs `program` with this process's own
 /// arguments; returns only if that failed (the file is removed again).
-pub fn exec(state_dir: &Path, handover: &Handover, program: &Path) -> HandoverError {
+pub fn exec(state_dir: &Path, handover: &mut Handover, program: &Path) -> HandoverError {
     use std::os::unix::ffi::OsStrExt;
     let file = path(state_dir);
+    handover.exec_at_ns = wall_ns();
     let bytes = match crate::state::encode_json(handover) {
         Ok(b) => b,
         Err(e) => return HandoverError::Write(e),
@@ -165,6 +171,18 @@ pub fn exec(state_dir: &Path, handover: &Handover, program: &Path) -> HandoverEr
         program: program.to_path_buf(),
         errno,
     }
+}
+
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Time since the previous image's exec, by the wall clock.
+pub fn since_exec(handover: &Handover) -> std::time::Duration {
+    std::time::Duration::from_nanos(wall_ns().saturating_sub(handover.exec_at_ns))
 }
 
 /// Sends standard error to `file` (a program on trial writes there) and
