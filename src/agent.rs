@@ -459,9 +459,23 @@ impl UpdateContext {
         handover.rollback = Some(why);
         handover.saved_stderr = self.trial_stderr;
         let e = self.exec(tasks, handover, &from.path);
-        // Nothing to go back to: this version stays, and says so.
-        log::error!("cannot hand back to version {}: {e}", from.version);
+        // Nothing to go back to: this version stays, and the update failed.
+        if let Some(fd) = self.trial_stderr.take() {
+            crate::handover::restore_stderr(
+                fd,
+                &crate::programs::trial_stderr_path(&self.state_dir),
+            );
+        }
         tasks.end_probation(true);
+        tasks.update_failed(
+            id,
+            crate::update::ErrorKind::UpdateFailed,
+            format!(
+                "not ready in time, and handing back to version {} failed: {e}",
+                from.version
+            ),
+            None,
+        );
     }
 
     fn exec(

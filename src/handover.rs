@@ -231,3 +231,42 @@ pub fn restore_stderr(saved: RawFd, trial_file: &Path) {
     // What a later death leaves there is then its own, not this start's.
     let _ = std::fs::remove_file(trial_file);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(version: &str) -> Program {
+        Program {
+            version: version.into(),
+            path: "/x".into(),
+            sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_handover_is_taken_once_and_only_by_its_own_process() {
+        let dir = std::env::temp_dir().join(format!("outpost-handover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mine = Handover::new("t-up", Origin::Manager, program("1"), program("2"));
+        let write = |h: &Handover| {
+            crate::state::write_atomic(&path(&dir), &crate::state::encode_json(h).unwrap()).unwrap()
+        };
+        write(&mine);
+        let taken = take(&dir).expect("this process's own handover");
+        assert_eq!(taken.update_task_id, "t-up");
+        assert!(take(&dir).is_none(), "taken twice");
+        assert!(!path(&dir).exists());
+        // Another process's (pid reused, or a stale file after a crash).
+        let mut other = Handover::new("t-up", Origin::Manager, program("1"), program("2"));
+        other.start_ticks += 1;
+        write(&other);
+        assert!(take(&dir).is_none());
+        assert!(!path(&dir).exists());
+        // Unreadable: recovery as after a crash, never a panic.
+        std::fs::write(path(&dir), b"{\"format\": 1, \"pid\": \"x\"").unwrap();
+        assert!(take(&dir).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -70,8 +70,8 @@ pub(super) enum Phase {
         to: Program,
         since: Instant,
     },
-    /// Ready; probation runs until `until`.
-    Probation { until: Instant },
+    /// Ready; probation runs (`Tasks::probation_until`).
+    Probation,
 }
 
 pub(super) struct Updating {
@@ -446,10 +446,9 @@ impl Tasks {
         }
         self.updating = Some(Updating {
             id: id.clone(),
-            phase: Phase::Probation {
-                until: Instant::now() + programs::PROBATION,
-            },
+            phase: Phase::Probation,
         });
+        self.probation_until = Some(Instant::now() + programs::PROBATION);
         log::info!(task_id = id.as_str(); "agent_update: version {} took over from {}", to.version, from.version);
         if self.ledger.get(&id).is_some_and(|r| !r.state.is_final()) {
             self.emit_for(&id, State::Succeeded, |u| {
@@ -481,17 +480,23 @@ impl Tasks {
     }
 
     /// Probation passed, or the agent stops cleanly (not a death): the
-    /// trial record goes.
+    /// trial record goes. Kept apart from `updating`, which a later update
+    /// may take over while this probation runs.
     pub fn end_probation(&mut self, stopping: bool) {
-        let over = match self.updating.as_ref().map(|u| &u.phase) {
-            Some(Phase::Probation { until }) => stopping || Instant::now() >= *until,
-            Some(Phase::Trial { .. }) => stopping,
-            _ => false,
+        let over = match self.probation_until {
+            Some(until) => stopping || Instant::now() >= until,
+            None => stopping,
         };
         if !over {
             return;
         }
-        self.updating = None;
+        self.probation_until = None;
+        if matches!(
+            self.updating.as_ref().map(|u| &u.phase),
+            Some(Phase::Probation { .. } | Phase::Trial { .. })
+        ) {
+            self.updating = None;
+        }
         let mut record = programs::load(&self.settings.state_dir);
         if record.trial.take().is_some()
             && let Err(e) = programs::save(&self.settings.state_dir, &record)

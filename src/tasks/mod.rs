@@ -129,6 +129,8 @@ pub struct Tasks {
     cgroup_of: HashMap<String, cgroups::TaskCgroup>,
     /// The `agent_update` in progress or on probation (section 4.3).
     updating: Option<agent_update::Updating>,
+    /// When the probation of the version running now ends.
+    probation_until: Option<Instant>,
 }
 
 impl Live {
@@ -192,6 +194,7 @@ impl Tasks {
             awaiting_leftovers: BTreeMap::new(),
             cgroup_of: HashMap::new(),
             updating: None,
+            probation_until: None,
         };
         if tasks.ledger.needs_rewrite() {
             tasks.storage_failed(&crate::error::Error::io(

@@ -727,6 +727,56 @@ mod tests {
     }
 
     #[test]
+    fn agent_update_fields_are_checked_and_named() {
+        let sha = "a".repeat(64);
+        let update =
+            |payload: Value| json!({"id": "u", "type": "agent_update", "payload": payload});
+        let ok = decode(&update(
+            json!({"path": "/opt/outpost", "sha256": sha.to_uppercase(), "version": "1.2.3"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.kind,
+            Kind::AgentUpdate(AgentUpdate {
+                source: ProgramSource::Path("/opt/outpost".into()),
+                sha256: sha.clone(),
+                version: "1.2.3".into(),
+            })
+        );
+        let cases = [
+            (json!({"sha256": sha, "version": "1"}), "url, path"),
+            (
+                json!({"url": "https://h/o", "path": "/o", "sha256": sha, "version": "1"}),
+                "url, path",
+            ),
+            (
+                json!({"url": "http://h/o", "sha256": sha, "version": "1"}),
+                "url",
+            ),
+            (json!({"path": "o", "sha256": sha, "version": "1"}), "path"),
+            (json!({"path": "/o", "version": "1"}), "sha256"),
+            (
+                json!({"path": "/o", "sha256": "abc", "version": "1"}),
+                "sha256",
+            ),
+            (json!({"path": "/o", "sha256": sha}), "version"),
+            (
+                json!({"path": "/o", "sha256": sha, "version": "v1"}),
+                "version",
+            ),
+            (
+                json!({"path": "/o", "sha256": sha, "version": "1/../x"}),
+                "version",
+            ),
+        ];
+        for (payload, field) in cases {
+            let (kind, message) = rejected(update(payload.clone()));
+            assert_eq!(kind, "invalid_payload", "{payload}");
+            assert!(message.starts_with(field), "{payload}: {message}");
+        }
+    }
+
+    #[test]
     fn unknown_types_are_named() {
         let (kind, message) = rejected(json!({"id": "t", "type": "format_disk"}));
         assert_eq!(kind, "unknown_type");
