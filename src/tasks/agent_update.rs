@@ -493,7 +493,7 @@ impl Tasks {
         self.probation_until = None;
         if matches!(
             self.updating.as_ref().map(|u| &u.phase),
-            Some(Phase::Probation { .. } | Phase::Trial { .. })
+            Some(Phase::Probation | Phase::Trial { .. })
         ) {
             self.updating = None;
         }
