@@ -304,6 +304,28 @@ fn run_for(program: &Path, args: &[OsString], dir: &Path) -> Result<(bool, Strin
     }
 }
 
+/// Removes every kept program but `keep` (the one running and the one to
+/// go back to), so updates do not fill the disk.
+pub fn prune(state_dir: &Path, keep: &[&Path]) {
+    let Ok(listing) = std::fs::read_dir(dir(state_dir)) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let is_program = name
+            .to_str()
+            .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()));
+        if is_program && !keep.contains(&path.as_path()) {
+            log::info!(
+                "removing {}, a program no update needs any more",
+                path.display()
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// The last `max` bytes of a file, as text.
 pub fn tail_of(path: &Path, max: usize) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();

@@ -186,6 +186,15 @@ fn an_update_keeps_the_pid_every_child_and_a_running_client() {
     assert!(common::zombie_children(pid).is_empty());
     let (code, _) = agent.get("/health");
     assert_eq!(code, 200);
+    // Kept: the program that runs now (the previous one is installed).
+    let kept: Vec<String> = std::fs::read_dir(agent.state_dir().join("programs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].starts_with(PEER_VERSION), "{kept:?}");
 }
 
 #[test]

@@ -444,6 +444,7 @@ impl Tasks {
         if let Err(e) = programs::save(&state_dir, &record) {
             log::error!("{e}");
         }
+        programs::prune(&state_dir, &[&to.path, &from.path]);
         self.updating = Some(Updating {
             id: id.clone(),
             phase: Phase::Probation,
