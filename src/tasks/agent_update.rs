@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::collector::Run;
-use super::payload::{AgentUpdate, Kind, Restart, Task};
+use super::payload::{AgentUpdate, Kind, Restart};
 use super::{Live, Tasks};
 use crate::handover::Handover;
 use crate::programs::{self, Program};
@@ -33,7 +33,8 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 /// One task as a handover carries it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Handed {
-    pub task: Task,
+    /// As `payload::encode` makes it.
+    pub task: serde_json::Value,
     pub state: State,
     pub accepted_reported: bool,
     /// Milliseconds since the epoch.
@@ -242,7 +243,7 @@ impl Tasks {
             .values()
             .filter(|l| !matches!(l.task.kind, Kind::AgentUpdate(_)))
             .map(|l| Handed {
-                task: l.task.clone(),
+                task: super::payload::encode(&l.task),
                 state: l.state,
                 accepted_reported: l.accepted_reported,
                 started_at_ms: l
@@ -308,7 +309,11 @@ impl Tasks {
         }
         let now = Instant::now();
         for handed in handover.tasks.drain(..) {
-            let id = handed.task.id.clone();
+            // Anything this version cannot read goes to recovery.
+            let Ok(task) = super::payload::decode(&handed.task) else {
+                continue;
+            };
+            let id = task.id.clone();
             let Some(record) = self.ledger.get(&id).filter(|r| !r.state.is_final()) else {
                 continue;
             };
@@ -347,7 +352,7 @@ impl Tasks {
                         .insert(id.clone(), super::cgroups::TaskCgroup { dir, peak: 0 });
                 }
             }
-            let ready_by = (matches!(handed.task.kind, Kind::IperfServer(_))
+            let ready_by = (matches!(task.kind, Kind::IperfServer(_))
                 && handed.state != State::Running)
                 .then(|| now + super::iperf::SERVER_READY_TIMEOUT);
             let live = Live {
@@ -365,7 +370,7 @@ impl Tasks {
                 stopped_count: 0,
                 usage: None,
                 collector,
-                task: handed.task,
+                task,
             };
             if let Some(p) = process {
                 self.by_pid.insert(p.pid, id.clone());

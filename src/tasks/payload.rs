@@ -26,7 +26,7 @@ pub const TYPES: &[&str] = &[
 ];
 
 /// A task that passed every check.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Task {
     pub id: String,
     pub kind: Kind,
@@ -37,7 +37,7 @@ pub struct Task {
 
 /// Resource limits a task asks for (section 4.2), checked but not yet
 /// known to be enforceable: that is the task table's call.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {
     pub memory_max_bytes: Option<u64>,
     /// 100 is one whole core.
@@ -45,7 +45,7 @@ pub struct Limits {
     pub pids_max: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Kind {
     IperfServer(IperfServer),
     IperfClient(IperfClient),
@@ -58,7 +58,7 @@ pub enum Kind {
 }
 
 /// Section 4.3: where the new program comes from, and what it must be.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentUpdate {
     pub source: ProgramSource,
     /// Lowercase hex.
@@ -66,8 +66,7 @@ pub struct AgentUpdate {
     pub version: String,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ProgramSource {
     Url(String),
     Path(std::path::PathBuf),
@@ -93,7 +92,7 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IperfServer {
     pub port: u16,
     pub udp: bool,
@@ -101,7 +100,7 @@ pub struct IperfServer {
     pub one_off: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IperfClient {
     pub server: String,
     pub port: u16,
@@ -114,7 +113,7 @@ pub struct IperfClient {
     pub omit: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ConfigSource {
     Url(String),
     Inline(String),
@@ -128,7 +127,7 @@ pub enum Restart {
     Never,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CollectorStart {
     pub name: String,
     pub source: ConfigSource,
@@ -248,6 +247,80 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         timeout,
         limits,
     })
+}
+
+/// The task as [`decode`] takes it back: a handover (section 4.3) carries
+/// tasks this way. A collector's config is left out (the handover carries
+/// the config in use).
+pub fn encode(task: &Task) -> Value {
+    let mut p = Map::new();
+    let mut put = |k: &str, v: Value| {
+        p.insert(k.to_string(), v);
+    };
+    match &task.kind {
+        Kind::IperfServer(s) => {
+            put("port", s.port.into());
+            put("udp", s.udp.into());
+            put("one_off", s.one_off.into());
+            if let Some(bind) = s.bind {
+                put("bind", bind.to_string().into());
+            }
+        }
+        Kind::IperfClient(c) => {
+            put("server", c.server.clone().into());
+            put("port", c.port.into());
+            put("udp", c.udp.into());
+            put("parallel", c.parallel.into());
+            put("time", c.time.into());
+            put("reverse", c.reverse.into());
+            put("bidir", c.bidir.into());
+            put("omit", c.omit.into());
+            if let Some(b) = &c.bandwidth {
+                put("bandwidth", b.clone().into());
+            }
+        }
+        Kind::TaskStop { task_id } => put("task_id", task_id.clone().into()),
+        Kind::CollectorStop { name } => put("name", name.clone().into()),
+        Kind::CollectorStart(c) => {
+            put("name", c.name.clone().into());
+            put("config", "".into());
+            put(
+                "restart",
+                serde_json::to_value(c.restart).unwrap_or_default(),
+            );
+            put("args", c.args.clone().into());
+        }
+        Kind::AgentUpdate(u) => {
+            match &u.source {
+                ProgramSource::Url(url) => put("url", url.clone().into()),
+                ProgramSource::Path(path) => put("path", path.to_string_lossy().into()),
+            }
+            put("sha256", u.sha256.clone().into());
+            put("version", u.version.clone().into());
+        }
+        Kind::KillAll | Kind::SystemInfo => {}
+    }
+    if let Some(l) = &task.limits {
+        let mut limits = Map::new();
+        for (k, v) in [
+            ("memory_max_bytes", l.memory_max_bytes),
+            ("cpu_max_percent", l.cpu_max_percent),
+            ("pids_max", l.pids_max),
+        ] {
+            if let Some(v) = v {
+                limits.insert(k.to_string(), v.into());
+            }
+        }
+        put("limits", Value::Object(limits));
+    }
+    let mut task_value = Map::new();
+    task_value.insert("id".into(), task.id.clone().into());
+    task_value.insert("type".into(), task.kind.type_name().into());
+    task_value.insert("payload".into(), Value::Object(p));
+    if let Some(t) = task.timeout {
+        task_value.insert("timeout_s".into(), t.as_secs_f64().into());
+    }
+    Value::Object(task_value)
 }
 
 /// A value as a rejection message shows it: JSON, cut to the id length, so
@@ -773,6 +846,21 @@ mod tests {
             let (kind, message) = rejected(update(payload.clone()));
             assert_eq!(kind, "invalid_payload", "{payload}");
             assert!(message.starts_with(field), "{payload}: {message}");
+        }
+    }
+
+    #[test]
+    fn encoded_tasks_decode_to_themselves() {
+        for v in [
+            json!({"id": "a", "type": "iperf_server_start", "payload": {"port": 6000, "bind": "127.0.0.1", "one_off": true, "limits": {"pids_max": 5}}}),
+            json!({"id": "b", "type": "iperf_client_run", "timeout_s": 30, "payload": {"server": "h", "bandwidth": "10M", "time": 3, "omit": 1, "reverse": true}}),
+            json!({"id": "c", "type": "collector_start", "payload": {"config": "", "restart": "on-failure", "args": ["-x"]}}),
+            json!({"id": "d", "type": "agent_update", "payload": {"url": "https://h/p", "sha256": "b".repeat(64), "version": "2"}}),
+            json!({"id": "e", "type": "task_stop", "payload": {"task_id": "a"}}),
+            json!({"id": "f", "type": "kill_all"}),
+        ] {
+            let task = decode(&v).unwrap();
+            assert_eq!(decode(&encode(&task)).unwrap(), task, "{v}");
         }
     }
 
