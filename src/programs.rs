@@ -345,7 +345,14 @@ pub fn at_start(state_dir: &Path, handed_over: bool) -> Option<Program> {
         return None;
     }
     let mut record = load(state_dir);
+    let mut back_to = None;
     if !handed_over && let Some(trial) = record.trial.take() {
+        // This very image is the program that failed (its handover was
+        // unreadable): the previous one takes over at once.
+        if std::env::current_exe().is_ok_and(|me| me == trial.to.path) && trial.from.path.is_file()
+        {
+            back_to = Some(trial.from.clone());
+        }
         let stderr = tail_of(&trial_stderr_path(state_dir), OUTPUT_TAIL);
         let message = format!(
             "version {} ended within its first {} minutes ({}); version {} runs again",
@@ -374,6 +381,9 @@ pub fn at_start(state_dir: &Path, handed_over: bool) -> Option<Program> {
     }
     if handed_over {
         return None;
+    }
+    if back_to.is_some() {
+        return back_to;
     }
     let current = record.current?;
     let newer = compare_versions(&current.version, crate::VERSION) == std::cmp::Ordering::Greater;
@@ -433,6 +443,24 @@ mod tests {
         let report = after.report.unwrap();
         assert_eq!(report.task_id, "t-up");
         assert_eq!(report.stderr_tail.as_deref(), Some("boom\n"));
+        // This image is the one on trial, without its handover: the
+        // previous program runs at once.
+        let previous = dir.join("programs/1.0.0-p");
+        std::fs::write(&previous, "p").unwrap();
+        let mut record = load(&dir);
+        record.trial = Some(Trial {
+            task_id: "t-up2".into(),
+            from: Program {
+                version: "1.0.0".into(),
+                path: previous.clone(),
+                sha256: "p".into(),
+            },
+            to: running(),
+            ready: true,
+            since: 0,
+        });
+        save(&dir, &record).unwrap();
+        assert_eq!(at_start(&dir, false).map(|p| p.path), Some(previous));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

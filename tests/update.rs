@@ -89,6 +89,20 @@ fn pids_of(markers: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The agent's open descriptors, the fewest of a few looks (HTTP
+/// connections come and go).
+fn fewest_fds(pid: u32) -> usize {
+    (0..10)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .min()
+        .unwrap()
+}
+
 fn registrations(manager: &FakeManager) -> Vec<Value> {
     manager
         .seen_at("/v1/agent/register")
@@ -133,6 +147,7 @@ fn an_update_keeps_the_pid_every_child_and_a_running_client() {
     };
     let (server_pid, client_pid) = (pid_of("srv", &status), pid_of("cli", &status));
     let before = registrations(&manager).len();
+    let fds_before = fewest_fds(pid);
 
     manager.hand_out(update_task("up-1", peer, PEER_VERSION));
     let done = manager.wait_state("up-1", "succeeded", 60 * SECOND);
@@ -186,6 +201,14 @@ fn an_update_keeps_the_pid_every_child_and_a_running_client() {
     assert!(common::zombie_children(pid).is_empty());
     let (code, _) = agent.get("/health");
     assert_eq!(code, 200);
+    // Nothing but what the handover names crossed the exec: the new image
+    // holds what the old one held (a leak would add its descriptors).
+    let fds_after = fewest_fds(pid);
+    eprintln!("descriptors: {fds_before} before the update, {fds_after} after");
+    assert!(
+        fds_after <= fds_before + 1,
+        "{fds_before} descriptors before, {fds_after} after"
+    );
     // Kept: the program that runs now (the previous one is installed).
     let kept: Vec<String> = std::fs::read_dir(agent.state_dir().join("programs"))
         .unwrap()
