@@ -301,12 +301,18 @@ fn main_loop(
     let mut watchdog = Watchdog::new(notifier.watchdog_interval());
     let mut last_status = String::new();
     let mut next_tick = Instant::now();
+    // An event taken off the channel while a handover was being tried.
+    let mut pending: Option<Event> = None;
     loop {
         telemetry.progress(Worker::Main, TICK * 4);
         let wait = watchdog
             .next_ping()
             .min(next_tick.saturating_duration_since(Instant::now()));
-        match inbox.recv_timeout(wait) {
+        let event = match pending.take() {
+            Some(event) => Ok(event),
+            None => inbox.recv_timeout(wait),
+        };
+        match event {
             Ok(Event::Shutdown { signal }) => {
                 log::info!("{signal} received: stopping");
                 return 0;
@@ -357,11 +363,13 @@ fn main_loop(
             next_tick = Instant::now() + tasks.tick();
             tasks.end_probation(false);
             if let Some((why, id, from, to)) = tasks.rollback_due() {
-                update.hand_back(tasks, &id, why, from, to);
+                pending = update.hand_back(tasks, inbox, &id, why, from, to);
             }
         }
-        if let Some((id, origin, program)) = tasks.handover_due() {
-            update.hand_over(tasks, &id, origin, program);
+        if pending.is_none()
+            && let Some((id, origin, program)) = tasks.handover_due()
+        {
+            pending = update.hand_over(tasks, inbox, &id, origin, program);
         }
         watchdog.tick(telemetry, notifier);
         let status = telemetry.status_line();
@@ -396,16 +404,26 @@ impl UpdateContext {
     }
 
     /// Step 3 of section 4.3: exec `program` in this process with every
-    /// child. Returns only if that did not happen (the update then fails
-    /// and everything goes on).
+    /// child. Returns only if that did not happen: with an event that came
+    /// in meanwhile (the handover waits for it to be handled), or after the
+    /// update failed (everything else goes on).
     fn hand_over(
         &mut self,
         tasks: &mut Tasks,
+        inbox: &Receiver<Event>,
         id: &str,
         origin: crate::ledger::Origin,
         program: crate::programs::Program,
-    ) {
+    ) -> Option<Event> {
         use crate::programs;
+        let (children, resume) = match self.pause(tasks, inbox) {
+            Ok(paused) => paused,
+            Err(Some(event)) => return Some(event),
+            Err(None) => {
+                tasks.handover_failed(id, crate::handover::HandoverError::Supervisor.to_string());
+                return None;
+            }
+        };
         let from = programs::running_in(&self.state_dir);
         let mut record = programs::load(&self.state_dir);
         record.trial = Some(programs::Trial {
@@ -419,7 +437,9 @@ impl UpdateContext {
         // may run again.
         record.failed.retain(|s| *s != program.sha256);
         if let Err(e) = programs::save(&self.state_dir, &record) {
-            return tasks.handover_failed(id, format!("cannot record the trial: {e}"));
+            let _ = resume.send(true);
+            tasks.handover_failed(id, format!("cannot record the trial: {e}"));
+            return None;
         }
         let saved = crate::handover::divert_stderr(&programs::trial_stderr_path(&self.state_dir));
         // The backstop for a program that never runs our code (it cannot
@@ -428,7 +448,8 @@ impl UpdateContext {
         nix::unistd::alarm::set(programs::READY_WITHIN.as_secs() as u32);
         let mut handover = crate::handover::Handover::new(id, origin, from, program.clone());
         handover.saved_stderr = saved;
-        let why = self.exec(tasks, handover, &program.path);
+        let why = self.exec(tasks, handover, children, &program.path);
+        let _ = resume.send(true);
         nix::unistd::alarm::cancel();
         if let Some(fd) = saved {
             crate::handover::restore_stderr(fd, &programs::trial_stderr_path(&self.state_dir));
@@ -439,6 +460,7 @@ impl UpdateContext {
             log::error!("{e}");
         }
         tasks.handover_failed(id, why.to_string());
+        None
     }
 
     /// Section 4.3 step 4: this image, on trial, could not take over; the
@@ -446,11 +468,16 @@ impl UpdateContext {
     fn hand_back(
         &mut self,
         tasks: &mut Tasks,
+        inbox: &Receiver<Event>,
         id: &str,
         why: String,
         from: crate::programs::Program,
         to: crate::programs::Program,
-    ) {
+    ) -> Option<Event> {
+        let (children, resume) = match self.pause(tasks, inbox) {
+            Ok(paused) => paused,
+            Err(event) => return event,
+        };
         log::error!(task_id = id; "agent_update: {why}; handing back to version {}", from.version);
         let origin = tasks
             .origin_of(id)
@@ -458,7 +485,8 @@ impl UpdateContext {
         let mut handover = crate::handover::Handover::new(id, origin, from.clone(), to);
         handover.rollback = Some(why);
         handover.saved_stderr = self.trial_stderr;
-        let e = self.exec(tasks, handover, &from.path);
+        let e = self.exec(tasks, handover, children, &from.path);
+        let _ = resume.send(true);
         // Nothing to go back to: this version stays, and the update failed.
         if let Some(fd) = self.trial_stderr.take() {
             crate::handover::restore_stderr(
@@ -476,17 +504,39 @@ impl UpdateContext {
             ),
             None,
         );
+        None
+    }
+
+    /// Pauses the supervisor with every child exported. An event already
+    /// in (a child's exit the supervisor reported, a claim) must be handled
+    /// by this image first: `Err(Some(event))`, the supervisor resumed.
+    /// `Err(None)`: the supervisor did not answer.
+    #[allow(clippy::type_complexity)]
+    fn pause(
+        &mut self,
+        tasks: &mut Tasks,
+        inbox: &Receiver<Event>,
+    ) -> std::result::Result<(Vec<crate::supervisor::Inherited>, Sender<bool>), Option<Event>> {
+        if let Ok(event) = inbox.try_recv() {
+            return Err(Some(event));
+        }
+        let (children, resume) = tasks.export_children().ok_or(None)?;
+        // An exit reported in the instant before the pause is in the
+        // channel now, and no later one can be.
+        if let Ok(event) = inbox.try_recv() {
+            let _ = resume.send(true);
+            return Err(Some(event));
+        }
+        Ok((children, resume))
     }
 
     fn exec(
         &mut self,
         tasks: &mut Tasks,
         mut handover: crate::handover::Handover,
+        children: Vec<crate::supervisor::Inherited>,
         program: &std::path::Path,
     ) -> crate::handover::HandoverError {
-        let Some((children, resume)) = tasks.export_children() else {
-            return crate::handover::HandoverError::Supervisor;
-        };
         handover.children = children;
         handover.tasks = tasks.export();
         handover.listener = self.listener;
@@ -497,9 +547,7 @@ impl UpdateContext {
             program.display()
         );
         log::logger().flush();
-        let e = crate::handover::exec(&self.state_dir, &mut handover, program);
-        let _ = resume.send(true);
-        e
+        crate::handover::exec(&self.state_dir, &mut handover, program)
     }
 }
 
