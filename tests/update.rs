@@ -372,6 +372,10 @@ fn after_an_update_a_restart_from_the_installed_program_runs_the_new_one() {
     let manager = FakeManager::start();
     let mut agent = Agent::with_manager(&manager, &[]);
     manager.hand_out(update_task("up-r", peer, PEER_VERSION));
+    // One update at a time: a second one meanwhile is turned away.
+    manager.hand_out(update_task("up-r2", peer, PEER_VERSION));
+    let second = manager.wait_state("up-r2", "rejected", 60 * SECOND);
+    assert_eq!(second["error"]["kind"], "capacity", "{second}");
     manager.wait_state("up-r", "succeeded", 60 * SECOND);
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(agent.wait_exit(30 * SECOND).success());
