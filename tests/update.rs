@@ -656,3 +656,50 @@ fn kill_9_at_random_moments_of_updates_loses_nothing() {
     drop(agent);
     std::mem::forget(state);
 }
+
+/// A program that passes the checks but never runs outpost's code cannot
+/// hand back by itself: the SIGALRM armed before the exec ends it after
+/// 60 s, and the next start puts the previous version back.
+#[test]
+fn a_foreign_program_that_never_gets_ready_is_ended_and_rolled_back() {
+    let dir = TempDir::new("update-foreign");
+    let hangs = script(
+        dir.path(),
+        "hangs",
+        "8.0.0",
+        "echo 'waiting for nothing' >&2\nexec sleep 3600",
+    );
+    let manager = FakeManager::start();
+    let mut agent = Agent::with_manager(&manager, &[]);
+    manager.hand_out(update_task("up-hangs", &hangs, "8.0.0"));
+    let status = agent.wait_exit(120 * SECOND);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(nix::libc::SIGALRM), "{status:?}");
+    let state = std::mem::replace(&mut agent.state, TempDir::new("unused"));
+    let again = Agent::start_in(
+        state,
+        &[
+            ("OUTPOST_MANAGER_URL", manager.base.as_str()),
+            ("OUTPOST_AGENT_KEY", common::KEY),
+            ("OUTPOST_HEARTBEAT_INTERVAL", "200ms"),
+        ],
+        &[],
+    );
+    let failed = manager.wait_state("up-hangs", "failed", 30 * SECOND);
+    assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("before it was ready"),
+        "{failed}"
+    );
+    assert!(
+        failed["stderr_tail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waiting for nothing"),
+        "{failed}"
+    );
+    assert_eq!(status_of(&again)["version"], env!("CARGO_PKG_VERSION"));
+}
