@@ -139,7 +139,9 @@ impl Fetcher {
     }
 
     /// [`Fetcher::fetch`] with another size limit (the agent's own program,
-    /// section 4.3); `what` names the body in the error.
+    /// section 4.3); `what` names the body in the error. Never inlined: one
+    /// copy of the download code for both callers (binary size).
+    #[inline(never)]
     pub fn fetch_at_most(&self, url: &str, max: u64, what: &str) -> Result<Vec<u8>, FetchError> {
         let mut current = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
