@@ -19,7 +19,7 @@
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::ledger::Origin;
 use crate::programs::Program;
@@ -28,7 +28,9 @@ use crate::tasks::Handed;
 
 const FORMAT: u32 = 1;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Written and read by hand (`to_json`, `from_json`) rather than derived:
+/// the derived code for these types cost tens of KiB of the binary.
+#[derive(Debug)]
 pub struct Handover {
     pub format: u32,
     pub pid: i32,
@@ -39,19 +41,15 @@ pub struct Handover {
     pub to: Program,
     /// Set when a new program that could not take over hands back to the
     /// previous one: why.
-    #[serde(default)]
     pub rollback: Option<String>,
     /// The agent's own standard error, saved while a program on trial
     /// writes to a file instead.
-    #[serde(default)]
     pub saved_stderr: Option<RawFd>,
-    #[serde(default)]
     pub listener: Option<RawFd>,
     pub children: Vec<Inherited>,
     pub tasks: Vec<Handed>,
     /// Wall-clock nanoseconds since the epoch just before the exec, for
     /// the handover time the next image logs.
-    #[serde(default)]
     pub exec_at_ns: u64,
 }
 
@@ -88,7 +86,97 @@ pub fn own_start_ticks() -> u64 {
     crate::supervisor::start_ticks(Path::new("/"), std::process::id() as i32).unwrap_or(0)
 }
 
+/// Field access for the handover's hand-written JSON.
+pub(crate) mod field {
+    use serde_json::Value;
+
+    pub fn u64(v: &Value, k: &str) -> Option<u64> {
+        v.get(k)?.as_u64()
+    }
+    pub fn i32(v: &Value, k: &str) -> Option<i32> {
+        i32::try_from(v.get(k)?.as_i64()?).ok()
+    }
+    pub fn bool(v: &Value, k: &str) -> bool {
+        v.get(k).and_then(Value::as_bool).unwrap_or(false)
+    }
+    pub fn string(v: &Value, k: &str) -> Option<String> {
+        Some(v.get(k)?.as_str()?.to_string())
+    }
+    pub fn opt<T: Into<Value>>(x: Option<T>) -> Value {
+        x.map_or(Value::Null, Into::into)
+    }
+}
+
+fn program_json(p: &Program) -> Value {
+    serde_json::json!({"version": p.version, "path": p.path, "sha256": p.sha256})
+}
+
+fn program_from(v: &Value) -> Option<Program> {
+    Some(Program {
+        version: field::string(v, "version")?,
+        path: field::string(v, "path")?.into(),
+        sha256: field::string(v, "sha256").unwrap_or_default(),
+    })
+}
+
 impl Handover {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Value| {
+            m.insert(k.into(), v);
+        };
+        put("format", self.format.into());
+        put("pid", self.pid.into());
+        put("start_ticks", self.start_ticks.into());
+        put("update_task_id", self.update_task_id.clone().into());
+        put("spool", (self.origin == Origin::Spool).into());
+        put("from", program_json(&self.from));
+        put("to", program_json(&self.to));
+        put("rollback", field::opt(self.rollback.clone()));
+        put("saved_stderr", field::opt(self.saved_stderr));
+        put("listener", field::opt(self.listener));
+        put("exec_at_ns", self.exec_at_ns.into());
+        put(
+            "children",
+            self.children.iter().map(Inherited::to_json).collect(),
+        );
+        put("tasks", self.tasks.iter().map(Handed::to_json).collect());
+        Value::Object(m)
+    }
+
+    /// `None` when anything the next image needs is missing or malformed;
+    /// a child or task that cannot be read is left to recovery.
+    pub fn from_json(v: &Value) -> Option<Handover> {
+        let list = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        Some(Handover {
+            format: u32::try_from(field::u64(v, "format")?).ok()?,
+            pid: field::i32(v, "pid")?,
+            start_ticks: field::u64(v, "start_ticks")?,
+            update_task_id: field::string(v, "update_task_id")?,
+            origin: if field::bool(v, "spool") {
+                Origin::Spool
+            } else {
+                Origin::Manager
+            },
+            from: program_from(v.get("from")?)?,
+            to: program_from(v.get("to")?)?,
+            rollback: field::string(v, "rollback"),
+            saved_stderr: field::i32(v, "saved_stderr"),
+            listener: field::i32(v, "listener"),
+            children: list("children")
+                .iter()
+                .filter_map(Inherited::from_json)
+                .collect(),
+            tasks: list("tasks").iter().filter_map(Handed::from_json).collect(),
+            exec_at_ns: field::u64(v, "exec_at_ns").unwrap_or(0),
+        })
+    }
+
     pub fn new(update_task_id: &str, origin: Origin, from: Program, to: Program) -> Handover {
         Handover {
             format: FORMAT,
@@ -115,7 +203,10 @@ pub fn take(state_dir: &Path) -> Option<Handover> {
     let bytes = std::fs::read(&path).ok()?;
     let _ = std::fs::remove_file(&path);
     let _ = crate::state::sync_dir(state_dir);
-    let handover: Handover = match serde_json::from_slice(&bytes) {
+    let parsed = serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|v| Handover::from_json(&v).ok_or_else(|| "a field is missing".into()));
+    let handover = match parsed {
         Ok(h) => h,
         Err(e) => {
             log::error!(
@@ -145,7 +236,7 @@ pub fn exec(state_dir: &Path, handover: &mut Handover, program: &Path) -> Handov
     use std::os::unix::ffi::OsStrExt;
     let file = path(state_dir);
     handover.exec_at_ns = wall_ns();
-    let bytes = match crate::state::encode_json(handover) {
+    let bytes = match crate::state::encode_json(&handover.to_json()) {
         Ok(b) => b,
         Err(e) => return HandoverError::Write(e),
     };
@@ -251,7 +342,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mine = Handover::new("t-up", Origin::Manager, program("1"), program("2"));
         let write = |h: &Handover| {
-            crate::state::write_atomic(&path(&dir), &crate::state::encode_json(h).unwrap()).unwrap()
+            crate::state::write_atomic(
+                &path(&dir),
+                &crate::state::encode_json(&h.to_json()).unwrap(),
+            )
+            .unwrap()
         };
         write(&mine);
         let taken = take(&dir).expect("this process's own handover");
@@ -264,6 +359,51 @@ mod tests {
         write(&other);
         assert!(take(&dir).is_none());
         assert!(!path(&dir).exists());
+        // Everything written is read back as it was.
+        let mut full = Handover::new("t-up", Origin::Spool, program("1"), program("2"));
+        full.rollback = Some("why".into());
+        full.listener = Some(7);
+        full.children.push(Inherited {
+            pid: 42,
+            start_ticks: 9,
+            stdout_fd: Some(11),
+            stderr_fd: None,
+            stdout: crate::supervisor::Output::LogFile {
+                path: "/l".into(),
+                max: 5,
+            },
+            stderr_log: Some(("/l".into(), 5)),
+            captured: "{\"end\": {}}".into(),
+            truncated: false,
+            tail: "oops".into(),
+            stopped: true,
+            cgroup: None,
+            exited: Some(crate::supervisor::ExitStatus::Signal(9)),
+        });
+        full.tasks.push(Handed {
+            task: serde_json::json!({"id": "c", "type": "collector_start"}),
+            state: crate::update::State::Running,
+            accepted_reported: true,
+            started_at_ms: 1,
+            pid: Some(42),
+            deadline_in_ms: None,
+            collector: Some(crate::tasks::HandedRun {
+                name: "c".into(),
+                config: Some("x".into()),
+                args: vec!["-a".into()],
+                restart: crate::tasks::payload::Restart::OnFailure,
+                restarts: 3,
+                attempt: 2,
+                held: true,
+                fresh: false,
+                up_for_ms: Some(1500),
+                restart_in_ms: None,
+            }),
+        });
+        let back = Handover::from_json(&full.to_json()).unwrap();
+        assert_eq!(back.to_json(), full.to_json());
+        assert_eq!(back.children.len(), 1);
+        assert_eq!(back.tasks.len(), 1);
         // Unreadable: recovery as after a crash, never a panic.
         std::fs::write(path(&dir), b"{\"format\": 1, \"pid\": \"x\"").unwrap();
         assert!(take(&dir).is_none());

@@ -48,7 +48,7 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 const CGROUP_EMPTY_GRACE: Duration = Duration::from_secs(10);
 
 /// Where a child's standard output goes.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug)]
 pub enum Output {
     /// Kept in memory up to `max` bytes (iperf3's JSON).
     Capture {
@@ -95,7 +95,7 @@ pub struct Started {
     pub start_ticks: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
@@ -174,7 +174,7 @@ enum Command {
 
 /// A child as a handover carries it to the next program image: everything
 /// the watcher knew, and the pipe descriptors (open across the exec).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug)]
 pub struct Inherited {
     pub pid: i32,
     pub start_ticks: u64,
@@ -429,6 +429,68 @@ impl Supervisor {
             .values()
             .copied()
             .collect()
+    }
+}
+
+impl Inherited {
+    pub fn to_json(&self) -> serde_json::Value {
+        use crate::handover::field::opt;
+        let path = |p: &Option<PathBuf>| opt(p.as_ref().map(|p| p.to_string_lossy().into_owned()));
+        let (stdout_kind, stdout_path, stdout_max) = match &self.stdout {
+            Output::Capture { max } => ("capture", None, *max as u64),
+            Output::LogFile { path, max } => ("log_file", Some(path.clone()), *max),
+            Output::Discard => ("discard", None, 0),
+        };
+        let (code, signal) = match self.exited {
+            Some(ExitStatus::Code(c)) => (Some(c), None),
+            Some(ExitStatus::Signal(s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        serde_json::json!({
+            "pid": self.pid, "start_ticks": self.start_ticks,
+            "stdout_fd": opt(self.stdout_fd), "stderr_fd": opt(self.stderr_fd),
+            "stdout": stdout_kind, "stdout_path": path(&stdout_path), "stdout_max": stdout_max,
+            "stderr_log": path(&self.stderr_log.as_ref().map(|l| l.0.clone())),
+            "stderr_log_max": self.stderr_log.as_ref().map_or(0, |l| l.1),
+            "captured": self.captured, "truncated": self.truncated, "tail": self.tail,
+            "stopped": self.stopped, "cgroup": path(&self.cgroup),
+            "exit_code": opt(code), "exit_signal": opt(signal),
+        })
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Option<Inherited> {
+        use crate::handover::field;
+        let path = |k: &str| field::string(v, k).map(PathBuf::from);
+        let stdout = match v.get("stdout")?.as_str()? {
+            "capture" => Output::Capture {
+                max: usize::try_from(field::u64(v, "stdout_max")?).ok()?,
+            },
+            "log_file" => Output::LogFile {
+                path: path("stdout_path")?,
+                max: field::u64(v, "stdout_max")?,
+            },
+            _ => Output::Discard,
+        };
+        let exited = match (field::i32(v, "exit_code"), field::i32(v, "exit_signal")) {
+            (Some(c), _) => Some(ExitStatus::Code(c)),
+            (None, Some(s)) => Some(ExitStatus::Signal(s)),
+            _ => None,
+        };
+        Some(Inherited {
+            pid: field::i32(v, "pid")?,
+            start_ticks: field::u64(v, "start_ticks")?,
+            stdout_fd: field::i32(v, "stdout_fd"),
+            stderr_fd: field::i32(v, "stderr_fd"),
+            stdout,
+            stderr_log: path("stderr_log")
+                .map(|p| (p, field::u64(v, "stderr_log_max").unwrap_or(0))),
+            captured: field::string(v, "captured").unwrap_or_default(),
+            truncated: field::bool(v, "truncated"),
+            tail: field::string(v, "tail").unwrap_or_default(),
+            stopped: field::bool(v, "stopped"),
+            cgroup: path("cgroup"),
+            exited,
+        })
     }
 }
 

@@ -17,8 +17,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::collector::Run;
 use super::payload::{AgentUpdate, Kind, Restart};
@@ -31,10 +30,10 @@ use crate::update::{ErrorKind, State};
 const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
 /// One task as a handover carries it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub struct Handed {
     /// As `payload::encode` makes it.
-    pub task: serde_json::Value,
+    pub task: Value,
     pub state: State,
     pub accepted_reported: bool,
     /// Milliseconds since the epoch.
@@ -45,7 +44,7 @@ pub struct Handed {
 }
 
 /// A collector's supervision state as a handover carries it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub struct HandedRun {
     pub name: String,
     pub config: Option<String>,
@@ -57,6 +56,72 @@ pub struct HandedRun {
     pub fresh: bool,
     pub up_for_ms: Option<u64>,
     pub restart_in_ms: Option<u64>,
+}
+
+impl Handed {
+    pub fn to_json(&self) -> Value {
+        use crate::handover::field::opt;
+        let collector = self.collector.as_ref().map(|r| {
+            json!({
+                "name": r.name, "config": opt(r.config.clone()), "args": r.args,
+                "restart": match r.restart {
+                    Restart::Always => "always",
+                    Restart::OnFailure => "on-failure",
+                    Restart::Never => "never",
+                },
+                "restarts": r.restarts, "attempt": r.attempt, "held": r.held, "fresh": r.fresh,
+                "up_for_ms": opt(r.up_for_ms), "restart_in_ms": opt(r.restart_in_ms),
+            })
+        });
+        json!({
+            "task": self.task, "state": self.state.label(),
+            "accepted_reported": self.accepted_reported, "started_at_ms": self.started_at_ms,
+            "pid": opt(self.pid), "deadline_in_ms": opt(self.deadline_in_ms),
+            "collector": opt(collector),
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Option<Handed> {
+        use crate::handover::field;
+        let state = match v.get("state")?.as_str()? {
+            "accepted" => State::Accepted,
+            "running" => State::Running,
+            _ => return None,
+        };
+        let collector = match v.get("collector") {
+            Some(c) if c.is_object() => Some(HandedRun {
+                name: field::string(c, "name")?,
+                config: field::string(c, "config"),
+                args: c
+                    .get("args")?
+                    .as_array()?
+                    .iter()
+                    .map(|a| a.as_str().map(str::to_string))
+                    .collect::<Option<_>>()?,
+                restart: match c.get("restart")?.as_str()? {
+                    "on-failure" => Restart::OnFailure,
+                    "never" => Restart::Never,
+                    _ => Restart::Always,
+                },
+                restarts: u32::try_from(field::u64(c, "restarts")?).ok()?,
+                attempt: u32::try_from(field::u64(c, "attempt")?).ok()?,
+                held: field::bool(c, "held"),
+                fresh: field::bool(c, "fresh"),
+                up_for_ms: field::u64(c, "up_for_ms"),
+                restart_in_ms: field::u64(c, "restart_in_ms"),
+            }),
+            _ => None,
+        };
+        Some(Handed {
+            task: v.get("task")?.clone(),
+            state,
+            accepted_reported: field::bool(v, "accepted_reported"),
+            started_at_ms: field::u64(v, "started_at_ms").unwrap_or(0),
+            pid: field::i32(v, "pid"),
+            deadline_in_ms: field::u64(v, "deadline_in_ms"),
+            collector,
+        })
+    }
 }
 
 /// An update in this image's hands.

@@ -20,7 +20,7 @@ pub mod payload;
 mod recovery;
 mod reports;
 
-pub use agent_update::{Handed, unix_now};
+pub use agent_update::{Handed, HandedRun, unix_now};
 pub use durable::STORAGE_RETRY_EVERY;
 use durable::Storage;
 pub use iperf::{is_listening, listening_inodes};
