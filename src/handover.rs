@@ -107,18 +107,6 @@ pub(crate) mod field {
     }
 }
 
-fn program_json(p: &Program) -> Value {
-    serde_json::json!({"version": p.version, "path": p.path, "sha256": p.sha256})
-}
-
-fn program_from(v: &Value) -> Option<Program> {
-    Some(Program {
-        version: field::string(v, "version")?,
-        path: field::string(v, "path")?.into(),
-        sha256: field::string(v, "sha256").unwrap_or_default(),
-    })
-}
-
 impl Handover {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -130,8 +118,8 @@ impl Handover {
         put("start_ticks", self.start_ticks.into());
         put("update_task_id", self.update_task_id.clone().into());
         put("spool", (self.origin == Origin::Spool).into());
-        put("from", program_json(&self.from));
-        put("to", program_json(&self.to));
+        put("from", self.from.to_json());
+        put("to", self.to.to_json());
         put("rollback", field::opt(self.rollback.clone()));
         put("saved_stderr", field::opt(self.saved_stderr));
         put("listener", field::opt(self.listener));
@@ -163,8 +151,8 @@ impl Handover {
             } else {
                 Origin::Manager
             },
-            from: program_from(v.get("from")?)?,
-            to: program_from(v.get("to")?)?,
+            from: Program::from_json(v.get("from")?)?,
+            to: Program::from_json(v.get("to")?)?,
             rollback: field::string(v, "rollback"),
             saved_stderr: field::i32(v, "saved_stderr"),
             listener: field::i32(v, "listener"),

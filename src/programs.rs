@@ -25,7 +25,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::handover::field;
 
 use crate::tasks::payload::{AgentUpdate, ProgramSource};
 use crate::update::ErrorKind;
@@ -42,47 +44,109 @@ const TRY_WITHIN: Duration = Duration::from_secs(10);
 const OUTPUT_TAIL: usize = 4096;
 
 /// A kept (or the installed) program.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Program {
     pub version: String,
     pub path: PathBuf,
-    #[serde(default)]
+    /// Empty for the installed program.
     pub sha256: String,
 }
 
 /// An update between the exec into the new program and the end of its
 /// probation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Trial {
     pub task_id: String,
     pub from: Program,
     pub to: Program,
     /// The new program said it was ready (registered, or manager-less).
-    #[serde(default)]
     pub ready: bool,
     /// Seconds since the epoch when the exec happened.
     pub since: u64,
 }
 
 /// A failed update found at start, for the task table to report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Report {
     pub task_id: String,
     pub message: String,
-    #[serde(default)]
     pub stderr_tail: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// `update.json`. Its JSON is written and read by hand, like the handover
+/// file's (binary size).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
-    #[serde(default)]
     pub current: Option<Program>,
-    #[serde(default)]
     pub failed: Vec<String>,
-    #[serde(default)]
     pub trial: Option<Trial>,
-    #[serde(default)]
     pub report: Option<Report>,
+}
+
+impl Program {
+    pub fn to_json(&self) -> Value {
+        json!({"version": self.version, "path": self.path, "sha256": self.sha256})
+    }
+
+    pub fn from_json(v: &Value) -> Option<Program> {
+        Some(Program {
+            version: field::string(v, "version")?,
+            path: field::string(v, "path")?.into(),
+            sha256: field::string(v, "sha256").unwrap_or_default(),
+        })
+    }
+}
+
+impl Record {
+    fn to_json(&self) -> Value {
+        let trial = self.trial.as_ref().map(|t| {
+            json!({"task_id": t.task_id, "from": t.from.to_json(), "to": t.to.to_json(),
+                "ready": t.ready, "since": t.since})
+        });
+        let report = self.report.as_ref().map(|r| {
+            json!({"task_id": r.task_id, "message": r.message,
+                "stderr_tail": field::opt(r.stderr_tail.clone())})
+        });
+        json!({
+            "current": field::opt(self.current.as_ref().map(Program::to_json)),
+            "failed": self.failed,
+            "trial": field::opt(trial),
+            "report": field::opt(report),
+        })
+    }
+
+    fn from_json(v: &Value) -> Record {
+        let trial = v.get("trial").and_then(|t| {
+            Some(Trial {
+                task_id: field::string(t, "task_id")?,
+                from: Program::from_json(t.get("from")?)?,
+                to: Program::from_json(t.get("to")?)?,
+                ready: field::bool(t, "ready"),
+                since: field::u64(t, "since").unwrap_or(0),
+            })
+        });
+        let report = v.get("report").and_then(|r| {
+            Some(Report {
+                task_id: field::string(r, "task_id")?,
+                message: field::string(r, "message")?,
+                stderr_tail: field::string(r, "stderr_tail"),
+            })
+        });
+        Record {
+            current: v.get("current").and_then(Program::from_json),
+            failed: v
+                .get("failed")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            trial,
+            report,
+        }
+    }
 }
 
 /// `<state>/programs`.
@@ -103,12 +167,14 @@ pub fn trial_stderr_path(state_dir: &Path) -> PathBuf {
 /// The record; a missing or unreadable one is an empty one (an unreadable
 /// one is set aside: never a crash loop).
 pub fn load(state_dir: &Path) -> Record {
-    crate::state::load_or_reset(&record_path(state_dir)).unwrap_or_default()
+    crate::state::load_or_reset::<Value>(&record_path(state_dir))
+        .map(|v| Record::from_json(&v))
+        .unwrap_or_default()
 }
 
 pub fn save(state_dir: &Path, record: &Record) -> crate::error::Result<()> {
     crate::state::ensure_private_dir(&dir(state_dir))?;
-    crate::state::write_json(&record_path(state_dir), record)
+    crate::state::write_json(&record_path(state_dir), &record.to_json())
 }
 
 /// A version as `agent_update` may name it: a digit first, then digits,
