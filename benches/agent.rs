@@ -7,6 +7,11 @@
 //! table. Nothing here asserts a speed: the figures are for people to read
 //! (and for the README).
 //!
+//! The `handover` section (agent_update, PROTOCOL 4.3) updates the agent to
+//! a second build of this crate with another version: `OUTPOST_UPDATE_PEER`
+//! names one, else it is built here once (release, `OUTPOST_BUILD_VERSION`,
+//! into `target/update-peer`).
+//!
 //! `cargo bench --bench agent` (about three minutes; `OUTPOST_BENCH_QUICK=1`
 //! shortens the soak from 60 s to 10 s). A peer that is not installed is
 //! named in its column and skipped.
@@ -73,6 +78,9 @@ fn main() {
     }
     if run("binary") {
         binary_size(&mut rows);
+    }
+    if run("handover") {
+        handover(&mut rows);
     }
 
     println!();
@@ -857,6 +865,118 @@ fn binary_size(rows: &mut Vec<Row>) {
         eprintln!(
             "node_exporter binary: {:.1} MiB",
             m.len() as f64 / 1048576.0
+        );
+    }
+}
+
+/// The second build an update goes to: `OUTPOST_UPDATE_PEER`, else built.
+fn update_peer() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("OUTPOST_UPDATE_PEER") {
+        return Some(PathBuf::from(path));
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = manifest.join("target/update-peer");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            "outpost",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .env("OUTPOST_BUILD_VERSION", "99.0.0")
+        .current_dir(manifest)
+        .status()
+        .is_ok_and(|s| s.success());
+    built.then(|| target.join("release/outpost"))
+}
+
+/// Handover time (exec → the new image serving /health and supervising
+/// every child, as the new image logs it) and `agent_update` claimed →
+/// `succeeded`, with 0 and 200 collectors.
+fn handover(rows: &mut Vec<Row>) {
+    let Some(peer) = update_peer() else {
+        eprintln!("handover: no peer build; skipped");
+        return;
+    };
+    let version = Command::new(&peer)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace("outpost ", "")
+        })
+        .unwrap_or_default();
+    let sha = Command::new("sha256sum")
+        .arg(&peer)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default();
+    for n in [0usize, 200] {
+        let manager = FakeManager::start();
+        let agent = Agent::with_manager(
+            &manager,
+            &[
+                ("OUTPOST_COLLECTOR_CMD", "/bin/sh {config}"),
+                ("OUTPOST_MAX_TASKS", "256"),
+                ("OUTPOST_HEARTBEAT_INTERVAL", "1s"),
+            ],
+        );
+        for i in 0..n {
+            manager.hand_out(json!({"id": format!("hc-{i}"), "type": "collector_start",
+                "payload": {"name": format!("h{i}"), "config": "exec sleep 3600\n"}}));
+        }
+        manager.wait_for("collectors running", Duration::from_secs(120), |s| {
+            s.iter()
+                .filter(|s| s.path.ends_with("/status") && s.body["state"] == "running")
+                .count()
+                >= n
+        });
+        let queued = Instant::now();
+        manager.hand_out(json!({"id": "hup", "type": "agent_update",
+            "payload": {"path": peer, "sha256": sha, "version": version}}));
+        manager.wait_state("hup", "succeeded", Duration::from_secs(120));
+        let done = manager
+            .seen_at("/v1/agent/tasks/hup/status")
+            .into_iter()
+            .find(|s| s.body["state"] == "succeeded")
+            .map(|s| (s.at - queued).as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN);
+        let out = agent.wait_output("after the exec", Duration::from_secs(30));
+        let exec_ms = out
+            .split("task(s) ")
+            .filter_map(|rest| rest.split(" ms after the exec").next()?.parse::<f64>().ok())
+            .last()
+            .unwrap_or(f64::NAN);
+        let goal = if n == 200 { "≤ 100 ms" } else { "—" };
+        row(
+            rows,
+            &format!("handover: exec → new image serving and supervising, {n} collectors"),
+            goal,
+            format!("{exec_ms:.1} ms"),
+            "—".into(),
+        );
+        row(
+            rows,
+            &format!("agent_update queued → `succeeded` received, {n} collectors"),
+            "—",
+            format!(
+                "{done:.0} ms (a {:.1} MiB program: read, sha256, kept, tried, handed over, registered)",
+                std::fs::metadata(&peer)
+                    .map(|m| m.len() as f64 / 1048576.0)
+                    .unwrap_or(0.0)
+            ),
+            "—".into(),
         );
     }
 }

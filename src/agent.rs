@@ -48,8 +48,24 @@ impl Threads {
 
 pub fn run(config: Config) -> Result<i32> {
     let started = Instant::now();
+    // A program on trial was given a SIGALRM as a backstop in case it never
+    // runs this code (section 4.3); this one keeps its own clock instead.
+    nix::unistd::alarm::cancel();
+    let mut handover = crate::handover::take(&config.state_dir);
+    if let Some(program) = crate::programs::at_start(&config.state_dir, handover.is_some()) {
+        run_kept(&program);
+    }
     for warning in &config.warnings {
         log::warn!("{warning}");
+    }
+    // Until it is ready, a program on trial writes its standard error to a
+    // file (section 4.3); one taking over again puts it back at once.
+    let mut trial_stderr = handover.as_ref().and_then(|h| h.saved_stderr);
+    if let Some(fd) = trial_stderr
+        && handover.as_ref().is_some_and(|h| h.rollback.is_some())
+    {
+        crate::handover::restore_stderr(fd, &crate::programs::trial_stderr_path(&config.state_dir));
+        trial_stderr = None;
     }
     let notifier = Notifier::from_env();
     let state = StateDir::open(&config.state_dir)?;
@@ -93,9 +109,17 @@ pub fn run(config: Config) -> Result<i32> {
     // The responder first: /health and /ready should answer as early as
     // possible, and a port conflict should fail before anything else starts.
     let mut listening = None;
+    let mut listener_fd = None;
+    let inherited = handover.as_ref().and_then(|h| h.listener);
     if let Some(addr) = config.http_addr {
-        let responder = Responder::bind(addr, telemetry.clone(), stop.clone())?;
+        let responder = match inherited
+            .and_then(|fd| Responder::inherit(fd, telemetry.clone(), stop.clone()))
+        {
+            Some(r) => r,
+            None => Responder::bind(addr, telemetry.clone(), stop.clone())?,
+        };
         listening = responder.local_addr();
+        listener_fd = Some(responder.raw_fd());
         threads.spawn("health", move || responder.run())?;
     }
     {
@@ -146,6 +170,7 @@ pub fn run(config: Config) -> Result<i32> {
             config.proxy.clone(),
         ),
         events.clone(),
+        handover.as_mut(),
     )?;
 
     let where_ = listening
@@ -154,13 +179,13 @@ pub fn run(config: Config) -> Result<i32> {
     match &config.manager_url {
         None => log::info!(
             "outpost {} started in manager-less mode (no OUTPOST_MANAGER_URL); {where_}; state in {}",
-            env!("CARGO_PKG_VERSION"),
+            crate::VERSION,
             state.root().display()
         ),
         Some(url) => {
             log::info!(
                 "outpost {} started for manager {url} as {}; {where_}; state in {}",
-                env!("CARGO_PKG_VERSION"),
+                crate::VERSION,
                 config.agent_name,
                 state.root().display()
             );
@@ -209,11 +234,28 @@ pub fn run(config: Config) -> Result<i32> {
         threads.spawn("push", move || crate::pushgateway::run(t, tls, proxy, s))?;
     }
     log::debug!("started in {:?}", started.elapsed());
+    if let Some(h) = &handover {
+        // Serving /health (the responder runs) and supervising every child
+        // handed over (adopted by the table above).
+        log::info!(
+            "handover from version {}: serving and supervising {} task(s) {:.1} ms after the exec",
+            h.from.version,
+            tasks.running_count(),
+            crate::handover::since_exec(h).as_secs_f64() * 1000.0
+        );
+    }
+    drop(handover);
+    let mut update = UpdateContext {
+        state_dir: state.root().to_path_buf(),
+        listener: listener_fd,
+        trial_stderr,
+    };
     if config.manager_url.is_none() {
         notifier.ready();
+        update.ready(&mut tasks);
     }
 
-    let exit_code = main_loop(&inbox, &telemetry, &notifier, &mut tasks);
+    let exit_code = main_loop(&inbox, &telemetry, &notifier, &mut tasks, &mut update);
 
     // Section 8, in order: stop claiming, stop children, record states,
     // let the outbox drain, exit.
@@ -229,6 +271,10 @@ pub fn run(config: Config) -> Result<i32> {
         }
     }
     tasks.finish_shutdown();
+    tasks.end_probation(true);
+    if let Some(fd) = update.trial_stderr.take() {
+        crate::handover::restore_stderr(fd, &crate::programs::trial_stderr_path(state.root()));
+    }
     if let Some(outbox) = &outbox
         && telemetry.session().registered
         && !outbox.wait_empty(Instant::now() + DRAIN_TIME)
@@ -250,16 +296,23 @@ fn main_loop(
     telemetry: &Telemetry,
     notifier: &Notifier,
     tasks: &mut Tasks,
+    update: &mut UpdateContext,
 ) -> i32 {
     let mut watchdog = Watchdog::new(notifier.watchdog_interval());
     let mut last_status = String::new();
     let mut next_tick = Instant::now();
+    // An event taken off the channel while a handover was being tried.
+    let mut pending: Option<Event> = None;
     loop {
         telemetry.progress(Worker::Main, TICK * 4);
         let wait = watchdog
             .next_ping()
             .min(next_tick.saturating_duration_since(Instant::now()));
-        match inbox.recv_timeout(wait) {
+        let event = match pending.take() {
+            Some(event) => Ok(event),
+            None => inbox.recv_timeout(wait),
+        };
+        match event {
             Ok(Event::Shutdown { signal }) => {
                 log::info!("{signal} received: stopping");
                 return 0;
@@ -267,6 +320,7 @@ fn main_loop(
             Ok(Event::Registered { agent_id }) => {
                 log::debug!("session established as {agent_id}");
                 notifier.ready();
+                update.ready(tasks);
             }
             Ok(Event::KeyRejected { status }) => {
                 log::error!("{}", Error::KeyRejected { status });
@@ -298,12 +352,24 @@ fn main_loop(
             Ok(Event::ChildExited(exit)) => tasks.on_exit(exit),
             Ok(Event::LeftoversGone { task_id }) => tasks.leftovers_gone(&task_id),
             Ok(Event::ConfigFetched { task_id, result }) => tasks.config_ready(&task_id, result),
+            Ok(Event::UpdatePrepared { task_id, result }) => {
+                tasks.update_prepared(&task_id, result)
+            }
             Err(RecvTimeoutError::Timeout) => {}
             // Impossible while `run` holds a sender; stop rather than spin.
             Err(RecvTimeoutError::Disconnected) => return 1,
         }
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + tasks.tick();
+            tasks.end_probation(false);
+            if let Some((why, id, from, to)) = tasks.rollback_due() {
+                pending = update.hand_back(tasks, inbox, &id, why, from, to);
+            }
+        }
+        if pending.is_none()
+            && let Some((id, origin, program)) = tasks.handover_due()
+        {
+            pending = update.hand_over(tasks, inbox, &id, origin, program);
         }
         watchdog.tick(telemetry, notifier);
         let status = telemetry.status_line();
@@ -312,6 +378,200 @@ fn main_loop(
             last_status = status;
         }
     }
+}
+
+/// What the main loop needs for section 4.3's handovers.
+struct UpdateContext {
+    state_dir: std::path::PathBuf,
+    /// The health responder's listening socket, passed on across exec.
+    listener: Option<i32>,
+    /// The agent's standard error while this image is on trial.
+    trial_stderr: Option<i32>,
+}
+
+impl UpdateContext {
+    /// This image is ready: an update on trial succeeded, and standard
+    /// error goes back where it belongs.
+    fn ready(&mut self, tasks: &mut Tasks) {
+        if tasks.update_ready()
+            && let Some(fd) = self.trial_stderr.take()
+        {
+            crate::handover::restore_stderr(
+                fd,
+                &crate::programs::trial_stderr_path(&self.state_dir),
+            );
+        }
+    }
+
+    /// Step 3 of section 4.3: exec `program` in this process with every
+    /// child. Returns only if that did not happen: with an event that came
+    /// in meanwhile (the handover waits for it to be handled), or after the
+    /// update failed (everything else goes on).
+    fn hand_over(
+        &mut self,
+        tasks: &mut Tasks,
+        inbox: &Receiver<Event>,
+        id: &str,
+        origin: crate::ledger::Origin,
+        program: crate::programs::Program,
+    ) -> Option<Event> {
+        use crate::programs;
+        let (children, resume) = match self.pause(tasks, inbox) {
+            Ok(paused) => paused,
+            Err(Some(event)) => return Some(event),
+            Err(None) => {
+                tasks.handover_failed(id, crate::handover::HandoverError::Supervisor.to_string());
+                return None;
+            }
+        };
+        let from = programs::running_in(&self.state_dir);
+        let mut record = programs::load(&self.state_dir);
+        record.trial = Some(programs::Trial {
+            task_id: id.to_string(),
+            from: from.clone(),
+            to: program.clone(),
+            ready: false,
+            since: crate::tasks::unix_now(),
+        });
+        // A new agent_update asked for it: a version that failed before
+        // may run again.
+        record.failed.retain(|s| *s != program.sha256);
+        if let Err(e) = programs::save(&self.state_dir, &record) {
+            let _ = resume.send(true);
+            tasks.handover_failed(id, format!("cannot record the trial: {e}"));
+            return None;
+        }
+        let saved = crate::handover::divert_stderr(&programs::trial_stderr_path(&self.state_dir));
+        // The backstop for a program that never runs our code (it cannot
+        // hand back by itself): SIGALRM ends it, and the next start puts
+        // the previous version back. Ours cancels it at once.
+        nix::unistd::alarm::set(programs::READY_WITHIN.as_secs() as u32);
+        let mut handover = crate::handover::Handover::new(id, origin, from, program.clone());
+        handover.saved_stderr = saved;
+        let why = self.exec(tasks, handover, children, &program.path);
+        let _ = resume.send(true);
+        nix::unistd::alarm::cancel();
+        if let Some(fd) = saved {
+            crate::handover::restore_stderr(fd, &programs::trial_stderr_path(&self.state_dir));
+        }
+        let mut record = programs::load(&self.state_dir);
+        record.trial = None;
+        if let Err(e) = programs::save(&self.state_dir, &record) {
+            log::error!("{e}");
+        }
+        tasks.handover_failed(id, why.to_string());
+        None
+    }
+
+    /// Section 4.3 step 4: this image, on trial, could not take over; the
+    /// previous program takes the process back, with every child.
+    fn hand_back(
+        &mut self,
+        tasks: &mut Tasks,
+        inbox: &Receiver<Event>,
+        id: &str,
+        why: String,
+        from: crate::programs::Program,
+        to: crate::programs::Program,
+    ) -> Option<Event> {
+        let (children, resume) = match self.pause(tasks, inbox) {
+            Ok(paused) => paused,
+            Err(event) => return event,
+        };
+        log::error!(task_id = id; "agent_update: {why}; handing back to version {}", from.version);
+        let origin = tasks
+            .origin_of(id)
+            .unwrap_or(crate::ledger::Origin::Manager);
+        let mut handover = crate::handover::Handover::new(id, origin, from.clone(), to);
+        handover.rollback = Some(why);
+        handover.saved_stderr = self.trial_stderr;
+        let e = self.exec(tasks, handover, children, &from.path);
+        let _ = resume.send(true);
+        // Nothing to go back to: this version stays, and the update failed.
+        if let Some(fd) = self.trial_stderr.take() {
+            crate::handover::restore_stderr(
+                fd,
+                &crate::programs::trial_stderr_path(&self.state_dir),
+            );
+        }
+        tasks.end_probation(true);
+        tasks.update_failed(
+            id,
+            crate::update::ErrorKind::UpdateFailed,
+            format!(
+                "not ready in time, and handing back to version {} failed: {e}",
+                from.version
+            ),
+            None,
+        );
+        None
+    }
+
+    /// Pauses the supervisor with every child exported. An event already
+    /// in (a child's exit the supervisor reported, a claim) must be handled
+    /// by this image first: `Err(Some(event))`, the supervisor resumed.
+    /// `Err(None)`: the supervisor did not answer.
+    #[allow(clippy::type_complexity)]
+    fn pause(
+        &mut self,
+        tasks: &mut Tasks,
+        inbox: &Receiver<Event>,
+    ) -> std::result::Result<(Vec<crate::supervisor::Inherited>, Sender<bool>), Option<Event>> {
+        if let Ok(event) = inbox.try_recv() {
+            return Err(Some(event));
+        }
+        let (children, resume) = tasks.export_children().ok_or(None)?;
+        // An exit reported in the instant before the pause is in the
+        // channel now, and no later one can be.
+        if let Ok(event) = inbox.try_recv() {
+            let _ = resume.send(true);
+            return Err(Some(event));
+        }
+        Ok((children, resume))
+    }
+
+    fn exec(
+        &mut self,
+        tasks: &mut Tasks,
+        mut handover: crate::handover::Handover,
+        children: Vec<crate::supervisor::Inherited>,
+        program: &std::path::Path,
+    ) -> crate::handover::HandoverError {
+        handover.children = children;
+        handover.tasks = tasks.export();
+        handover.listener = self.listener;
+        log::info!(
+            "handing over {} task(s) and {} process(es) to {}",
+            handover.tasks.len(),
+            handover.children.len(),
+            program.display()
+        );
+        log::logger().flush();
+        crate::handover::exec(&self.state_dir, &mut handover, program)
+    }
+}
+
+/// Start-up (section 4.3): a kept program newer than this installed one
+/// runs instead, in this process, before anything else happens.
+fn run_kept(program: &crate::programs::Program) {
+    use std::os::unix::ffi::OsStrExt;
+    log::info!(
+        "running version {} kept in {} instead of this {}",
+        program.version,
+        program.path.display(),
+        crate::VERSION
+    );
+    let cstring = |b: &[u8]| std::ffi::CString::new(b).unwrap_or_default();
+    let path = cstring(program.path.as_os_str().as_bytes());
+    let mut argv = vec![path.clone()];
+    argv.extend(std::env::args_os().skip(1).map(|a| cstring(a.as_bytes())));
+    let Err(e) = nix::unistd::execv(&path, &argv);
+    log::error!(
+        "cannot run {}: {}; this version {} runs",
+        program.path.display(),
+        e.desc(),
+        crate::VERSION
+    );
 }
 
 /// Pings the systemd watchdog at half its period, but only while every

@@ -887,7 +887,7 @@ pub fn help() -> String {
            -V, --version        print the version\n      \
            --check-config   validate and print the effective configuration, then exit (0, or 78)\n      \
            --env-file PATH  read NAME=value settings from PATH (after flags and environment)\n",
-        env!("CARGO_PKG_VERSION")
+        crate::VERSION
     );
     for s in SETTINGS.iter().filter(|s| s.flag.is_some()) {
         if let Some(flag) = s.flag {

@@ -29,6 +29,11 @@ pub enum Event {
     ChildExited(Exit),
     /// Every process a previous instance left of this task is gone.
     LeftoversGone { task_id: String },
+    /// An `agent_update`'s program was fetched, kept and tried (or not).
+    UpdatePrepared {
+        task_id: String,
+        result: std::result::Result<crate::programs::Program, (crate::update::ErrorKind, String)>,
+    },
     /// A collector config download finished.
     ConfigFetched {
         task_id: String,

@@ -112,7 +112,7 @@ impl Fetcher {
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(TOTAL_TIMEOUT))
             .tls_config(tls)
-            .user_agent(format!("outpost/{}", env!("CARGO_PKG_VERSION")))
+            .user_agent(format!("outpost/{}", crate::VERSION))
             // Chosen per hop by the agent's own rule, never read by ureq
             // from the environment.
             .proxy(None)
@@ -135,6 +135,14 @@ impl Fetcher {
     }
 
     pub fn fetch(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        self.fetch_at_most(url, MAX_CONFIG_BYTES, "config")
+    }
+
+    /// [`Fetcher::fetch`] with another size limit (the agent's own program,
+    /// section 4.3); `what` names the body in the error. Never inlined: one
+    /// copy of the download code for both callers (binary size).
+    #[inline(never)]
+    pub fn fetch_at_most(&self, url: &str, max: u64, what: &str) -> Result<Vec<u8>, FetchError> {
         let mut current = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
             check_url(&current, self.policy).map_err(FetchError)?;
@@ -174,12 +182,12 @@ impl Fetcher {
             return response
                 .body_mut()
                 .with_config()
-                .limit(MAX_CONFIG_BYTES)
+                .limit(max)
                 .read_to_vec()
                 .map_err(|e| match e {
-                    ureq::Error::BodyExceedsLimit(_) => FetchError(format!(
-                        "GET {current}: config larger than {MAX_CONFIG_BYTES} bytes"
-                    )),
+                    ureq::Error::BodyExceedsLimit(_) => {
+                        FetchError(format!("GET {current}: {what} larger than {max} bytes"))
+                    }
                     other => FetchError(format!("GET {current}: {other}")),
                 });
         }

@@ -121,7 +121,7 @@ impl Heartbeat {
             );
             let body = RegisterRequest {
                 name: &self.telemetry.name,
-                agent_version: env!("CARGO_PKG_VERSION"),
+                agent_version: crate::VERSION,
                 instance_id: &self.telemetry.instance_id,
                 agent_id: identity.agent_id.as_deref(),
                 system: &system,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod exposition;
 pub mod fetch;
+pub mod handover;
 pub mod health;
 pub mod heartbeat;
 pub mod ids;
@@ -23,6 +24,7 @@ pub mod manager;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod programs;
 pub mod proxy;
 pub mod pushgateway;
 pub mod secret;
@@ -43,6 +45,13 @@ use std::ffi::OsString;
 
 use config::Command;
 
+/// This build's version: `OUTPOST_BUILD_VERSION` at build time when set
+/// (the update tests build a second binary that way), else Cargo's.
+pub const VERSION: &str = match option_env!("OUTPOST_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// Runs the agent as the command line says and returns the exit status.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     // Before the key is read: a process that is not dumpable leaves no
@@ -62,7 +71,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             0
         }
         Ok(Command::Version) => {
-            println!("outpost {}", env!("CARGO_PKG_VERSION"));
+            println!("outpost {VERSION}");
             0
         }
         Ok(Command::CheckConfig(config)) => {

@@ -172,7 +172,7 @@ impl Manager {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .tls_config(tls)
-            .user_agent(format!("outpost/{}", env!("CARGO_PKG_VERSION")))
+            .user_agent(format!("outpost/{}", crate::VERSION))
             // Always set: left unset, ureq would read the environment
             // itself, past OUTPOST_PROXY and NO_PROXY's CIDR entries.
             .proxy(config.proxy.for_url(&base))
@@ -185,7 +185,7 @@ impl Manager {
             base,
             name: config.agent_name.clone(),
             key,
-            user_agent: format!("outpost/{}", env!("CARGO_PKG_VERSION")),
+            user_agent: format!("outpost/{}", crate::VERSION),
         })
     }
 

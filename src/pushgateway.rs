@@ -35,7 +35,7 @@ pub fn run(
         .timeout_global(Some(TIMEOUT))
         .max_redirects(0)
         .tls_config(tls)
-        .user_agent(format!("outpost/{}", env!("CARGO_PKG_VERSION")))
+        .user_agent(format!("outpost/{}", crate::VERSION))
         .proxy(None)
         .build()
         .new_agent();

@@ -162,7 +162,35 @@ impl std::fmt::Display for SpawnError {
 
 enum Command {
     Watch(Box<Watched>),
-    Stop { pid: i32, grace: Duration },
+    Stop {
+        pid: i32,
+        grace: Duration,
+    },
+    /// Hand every child over (an agent update, section 4.3): answer with
+    /// them, their pipes left open across exec, then wait; `true` on the
+    /// second channel means the exec failed and watching goes on.
+    Export(Sender<Vec<Inherited>>, Receiver<bool>),
+}
+
+/// A child as a handover carries it to the next program image: everything
+/// the watcher knew, and the pipe descriptors (open across the exec).
+#[derive(Debug)]
+pub struct Inherited {
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub stdout_fd: Option<i32>,
+    pub stderr_fd: Option<i32>,
+    pub stdout: Output,
+    pub stderr_log: Option<(PathBuf, u64)>,
+    /// Output so far, as text: iperf3's JSON is UTF-8, and a JSON string
+    /// is a quarter of the size of a JSON array of bytes.
+    pub captured: String,
+    pub truncated: bool,
+    pub tail: String,
+    pub stopped: bool,
+    pub cgroup: Option<PathBuf>,
+    /// Already reaped, with this status (its output may still be coming).
+    pub exited: Option<ExitStatus>,
 }
 
 struct Watched {
@@ -340,6 +368,59 @@ impl Supervisor {
         self.send(Command::Stop { pid, grace });
     }
 
+    /// Stops watching for an exec into another program image: every child
+    /// with its pipes drained and left open across exec. The watcher then
+    /// waits; `resume` (after a failed exec) makes it watch again.
+    pub fn export(&self) -> Option<(Vec<Inherited>, Sender<bool>)> {
+        let (answer, children) = mpsc::channel();
+        let (resume, resumed) = mpsc::channel();
+        self.send(Command::Export(answer, resumed));
+        let children = children.recv_timeout(Duration::from_secs(2)).ok()?;
+        Some((children, resume))
+    }
+
+    /// Takes a child handed over by the previous program image back under
+    /// watch, as if this supervisor had started it. `None` when the pid is
+    /// not this process's child or not the recorded process.
+    pub fn adopt(&self, child: Inherited) -> Option<Started> {
+        let ours = std::fs::read_to_string(format!("/proc/{}/stat", child.pid))
+            .ok()
+            .filter(|stat| parse_start_ticks(stat) == Some(child.start_ticks))
+            .and_then(|stat| {
+                let ppid = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().nth(1))?;
+                ppid.parse::<i32>().ok()
+            })
+            .is_some_and(|ppid| ppid == std::process::id() as i32);
+        if !ours && child.exited.is_none() {
+            return None;
+        }
+        let started = Started {
+            pid: child.pid,
+            start_ticks: child.start_ticks,
+        };
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(child.pid, started);
+        self.send(Command::Watch(Box::new(Watched {
+            pid: child.pid,
+            stdout_pipe: child.stdout_fd.and_then(inherited_pipe),
+            stderr_pipe: child.stderr_fd.and_then(inherited_pipe),
+            stdout: child.stdout,
+            stderr_log: child.stderr_log,
+            captured: child.captured.into_bytes(),
+            truncated: child.truncated,
+            tail: child.tail.into_bytes(),
+            status: child.exited.map(|s| (s, Instant::now())),
+            kill_at: None,
+            stopped: child.stopped,
+            cgroup: child.cgroup,
+        })));
+        Some(started)
+    }
+
     /// Children started and not yet reported as exited.
     pub fn running(&self) -> Vec<Started> {
         self.running
@@ -349,6 +430,101 @@ impl Supervisor {
             .copied()
             .collect()
     }
+}
+
+impl Inherited {
+    pub fn to_json(&self) -> serde_json::Value {
+        use crate::handover::field::opt;
+        let path = |p: &Option<PathBuf>| opt(p.as_ref().map(|p| p.to_string_lossy().into_owned()));
+        let (stdout_kind, stdout_path, stdout_max) = match &self.stdout {
+            Output::Capture { max } => ("capture", None, *max as u64),
+            Output::LogFile { path, max } => ("log_file", Some(path.clone()), *max),
+            Output::Discard => ("discard", None, 0),
+        };
+        let (code, signal) = match self.exited {
+            Some(ExitStatus::Code(c)) => (Some(c), None),
+            Some(ExitStatus::Signal(s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        serde_json::json!({
+            "pid": self.pid, "start_ticks": self.start_ticks,
+            "stdout_fd": opt(self.stdout_fd), "stderr_fd": opt(self.stderr_fd),
+            "stdout": stdout_kind, "stdout_path": path(&stdout_path), "stdout_max": stdout_max,
+            "stderr_log": path(&self.stderr_log.as_ref().map(|l| l.0.clone())),
+            "stderr_log_max": self.stderr_log.as_ref().map_or(0, |l| l.1),
+            "captured": self.captured, "truncated": self.truncated, "tail": self.tail,
+            "stopped": self.stopped, "cgroup": path(&self.cgroup),
+            "exit_code": opt(code), "exit_signal": opt(signal),
+        })
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Option<Inherited> {
+        use crate::handover::field;
+        let path = |k: &str| field::string(v, k).map(PathBuf::from);
+        let stdout = match v.get("stdout")?.as_str()? {
+            "capture" => Output::Capture {
+                max: usize::try_from(field::u64(v, "stdout_max")?).ok()?,
+            },
+            "log_file" => Output::LogFile {
+                path: path("stdout_path")?,
+                max: field::u64(v, "stdout_max")?,
+            },
+            _ => Output::Discard,
+        };
+        let exited = match (field::i32(v, "exit_code"), field::i32(v, "exit_signal")) {
+            (Some(c), _) => Some(ExitStatus::Code(c)),
+            (None, Some(s)) => Some(ExitStatus::Signal(s)),
+            _ => None,
+        };
+        Some(Inherited {
+            pid: field::i32(v, "pid")?,
+            start_ticks: field::u64(v, "start_ticks")?,
+            stdout_fd: field::i32(v, "stdout_fd"),
+            stderr_fd: field::i32(v, "stderr_fd"),
+            stdout,
+            stderr_log: path("stderr_log")
+                .map(|p| (p, field::u64(v, "stderr_log_max").unwrap_or(0))),
+            captured: field::string(v, "captured").unwrap_or_default(),
+            truncated: field::bool(v, "truncated"),
+            tail: field::string(v, "tail").unwrap_or_default(),
+            stopped: field::bool(v, "stopped"),
+            cgroup: path("cgroup"),
+            exited,
+        })
+    }
+}
+
+/// A pipe named by a handover: taken only if it is a pipe above the
+/// standard descriptors, and made close-on-exec again.
+fn inherited_pipe(fd: i32) -> Option<File> {
+    use nix::sys::stat::{SFlag, fstat};
+    if fd <= 2 {
+        return None;
+    }
+    // SAFETY: only looks at the descriptor; an fd that is not open fails.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let stat = fstat(borrowed).ok()?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+        return None;
+    }
+    set_cloexec(fd, true);
+    // SAFETY: the handover gave this image the descriptor, which nothing
+    // else in it owns; it is a pipe (checked above) and is owned from here
+    // on by the returned File alone.
+    Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Sets or clears FD_CLOEXEC on one descriptor.
+pub fn set_cloexec(fd: RawFd, on: bool) {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    // SAFETY: fcntl on a descriptor number only changes its flags.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    let _ = fcntl(borrowed, FcntlArg::F_SETFD(flags));
 }
 
 /// Everything the child needs, allocated before the fork.
@@ -663,6 +839,21 @@ impl Watcher {
             Command::Watch(child) => {
                 self.children.insert(child.pid, *child);
             }
+            Command::Export(answer, resumed) => {
+                let children = self.export();
+                let fds: Vec<RawFd> = children
+                    .iter()
+                    .flat_map(|c| [c.stdout_fd, c.stderr_fd])
+                    .flatten()
+                    .collect();
+                if answer.send(children).is_err() {
+                    return self.resume(&fds);
+                }
+                // The exec ends this thread; a `true` (or a dropped
+                // sender) means the exec did not happen.
+                let _ = resumed.recv();
+                self.resume(&fds);
+            }
             Command::Stop { pid, grace } => {
                 if let Some(child) = self.children.get_mut(&pid)
                     && child.status.is_none()
@@ -673,6 +864,52 @@ impl Watcher {
                     child.kill_at = Some(child.kill_at.map_or(kill_at, |k| k.min(kill_at)));
                 }
             }
+        }
+    }
+
+    fn export(&mut self) -> Vec<Inherited> {
+        let pids: Vec<i32> = self.children.keys().copied().collect();
+        let mut out = Vec::new();
+        for pid in pids {
+            let Some(child) = self.children.get_mut(&pid) else {
+                continue;
+            };
+            child.drain(true);
+            child.drain(false);
+            let fd = |p: &Option<File>| {
+                p.as_ref().map(|f| {
+                    set_cloexec(f.as_raw_fd(), false);
+                    f.as_raw_fd()
+                })
+            };
+            let started = self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&pid)
+                .copied();
+            out.push(Inherited {
+                pid,
+                start_ticks: started.map(|s| s.start_ticks).unwrap_or(0),
+                stdout_fd: fd(&child.stdout_pipe),
+                stderr_fd: fd(&child.stderr_pipe),
+                stdout: child.stdout.clone(),
+                stderr_log: child.stderr_log.clone(),
+                captured: String::from_utf8_lossy(&child.captured).into_owned(),
+                truncated: child.truncated,
+                tail: String::from_utf8_lossy(&child.tail).into_owned(),
+                stopped: child.stopped,
+                cgroup: child.cgroup.clone(),
+                exited: child.status.map(|(s, _)| s),
+            });
+        }
+        out
+    }
+
+    /// The exec did not happen: the pipes are close-on-exec again.
+    fn resume(&mut self, fds: &[RawFd]) {
+        for fd in fds {
+            set_cloexec(*fd, true);
         }
     }
 

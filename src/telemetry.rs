@@ -334,7 +334,7 @@ impl Telemetry {
         let view = self.task_view().clone();
         let body = serde_json::json!({
             "name": self.name,
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::VERSION,
             "instance_id": self.instance_id,
             "agent_id": session.agent_id,
             "started_at": clock::rfc3339(self.started_at),
@@ -392,11 +392,7 @@ impl Telemetry {
             "Agent version; always 1.",
             Kind::Gauge,
         )
-        .sample(
-            "outpost_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1.0,
-        );
+        .sample("outpost_build_info", &[("version", crate::VERSION)], 1.0);
         exp.single(
             "outpost_uptime_seconds",
             "Seconds since this agent instance started.",

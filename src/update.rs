@@ -56,6 +56,7 @@ pub enum ErrorKind {
     Iperf3Error,
     LimitsUnavailable,
     OomKilled,
+    UpdateFailed,
 }
 
 impl ErrorKind {
@@ -78,6 +79,7 @@ impl ErrorKind {
             ErrorKind::Iperf3Error => "iperf3_error",
             ErrorKind::LimitsUnavailable => "limits_unavailable",
             ErrorKind::OomKilled => "oom_killed",
+            ErrorKind::UpdateFailed => "update_failed",
         }
     }
 }

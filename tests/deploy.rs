@@ -233,7 +233,14 @@ fn unit_keeps_the_agent_contract() {
     assert_eq!(one("Restart"), "always");
     assert_eq!(one("RestartPreventExitStatus"), "78");
     assert_eq!(one("KillMode"), "mixed");
-    assert_eq!(one("StateDirectory"), "outpost");
+    assert_eq!(one("StateDirectory"), "outpost outpost/programs");
+    // Section 4.3: only the kept programs may run from what the agent writes.
+    assert_eq!(one("ExecPaths"), "/var/lib/outpost/programs");
+    assert!(
+        one("NoExecPaths")
+            .split_whitespace()
+            .any(|p| p == "/var/lib/outpost")
+    );
     assert_eq!(one("StateDirectoryMode"), "0700");
     assert_eq!(one("EnvironmentFile"), "-/etc/outpost/agent.env");
     assert_eq!(one("LoadCredential"), "agent.key:/etc/outpost/agent.key");

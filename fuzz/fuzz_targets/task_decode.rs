@@ -94,7 +94,19 @@ fn check_task(value: &Value, task: &payload::Task) {
                 let _ = collector::substitute(text, &c.variables);
             }
         }
+        Kind::AgentUpdate(u) => {
+            assert!(u.sha256.len() == 64 && u.sha256.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(outpost::programs::is_version(&u.version), "{:?}", u.version);
+        }
         Kind::KillAll | Kind::SystemInfo => {}
+    }
+    // A handover carries tasks as `encode` writes them: they must come
+    // back the same (a collector's config travels apart).
+    let back = payload::decode(&payload::encode(task)).expect("an encoded task decodes");
+    assert_eq!(back.id, task.id);
+    assert_eq!(back.limits, task.limits);
+    if !matches!(task.kind, Kind::CollectorStart(_)) {
+        assert_eq!(back.kind, task.kind);
     }
 }
 

@@ -209,20 +209,20 @@ pub struct Run {
     pub sha256: Option<String>,
     pub variables: BTreeMap<String, String>,
     pub restarts: u32,
-    attempt: u32,
-    up_since: Option<Instant>,
-    restart_at: Option<Instant>,
+    pub(super) attempt: u32,
+    pub(super) up_since: Option<Instant>,
+    pub(super) restart_at: Option<Instant>,
     /// The current run has stayed up [`HOLD`] (and `running` was said).
-    held: bool,
+    pub(super) held: bool,
     /// Never ran well: an early exit fails the task instead of restarting.
-    fresh: bool,
+    pub(super) fresh: bool,
     /// The task this one replaces, whose process is stopping or stopped.
-    replacing: Option<String>,
+    pub(super) replacing: Option<String>,
 }
 
 impl Run {
     /// A collector that has not run yet.
-    fn new(name: &str, args: &[String], restart: Restart) -> Run {
+    pub(super) fn new(name: &str, args: &[String], restart: Restart) -> Run {
         Run {
             name: name.to_string(),
             config: None,
@@ -805,6 +805,9 @@ impl Tasks {
     pub(super) fn resume_collectors(&mut self, desired: BTreeMap<String, Desired>) {
         self.store.prune_logs(&desired);
         for (name, d) in desired {
+            if self.live.contains_key(&d.task_id) {
+                continue;
+            }
             match self.awaiting_leftovers.get_mut(&d.task_id) {
                 Some(slot) => *slot = Some((name, d)),
                 None => self.resume_collector(name, d),

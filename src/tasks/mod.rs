@@ -11,6 +11,7 @@
 //! - `reports`: the task view other threads read;
 //! - `payload`, `iperf`, `collector`: each task type's own knowledge.
 
+mod agent_update;
 mod cgroups;
 pub mod collector;
 mod durable;
@@ -19,6 +20,7 @@ pub mod payload;
 mod recovery;
 mod reports;
 
+pub use agent_update::{Handed, HandedRun, unix_now};
 pub use durable::STORAGE_RETRY_EVERY;
 use durable::Storage;
 pub use iperf::{is_listening, listening_inodes};
@@ -125,6 +127,10 @@ pub struct Tasks {
     awaiting_leftovers: BTreeMap<String, Option<(String, collector::Desired)>>,
     /// Task id → its cgroup (section 4.2), while it is not final.
     cgroup_of: HashMap<String, cgroups::TaskCgroup>,
+    /// The `agent_update` in progress or on probation (section 4.3).
+    updating: Option<agent_update::Updating>,
+    /// When the probation of the version running now ends.
+    probation_until: Option<Instant>,
 }
 
 impl Live {
@@ -144,6 +150,7 @@ impl Tasks {
         telemetry: Arc<Telemetry>,
         fetcher: crate::fetch::Fetcher,
         events: std::sync::mpsc::Sender<crate::event::Event>,
+        handover: Option<&mut crate::handover::Handover>,
     ) -> Result<Tasks> {
         let results = settings.state_dir.join("results");
         let store = collector::Store::open(&settings.state_dir, &settings.config_dir)?;
@@ -186,6 +193,8 @@ impl Tasks {
             results_pruned: None,
             awaiting_leftovers: BTreeMap::new(),
             cgroup_of: HashMap::new(),
+            updating: None,
+            probation_until: None,
         };
         if tasks.ledger.needs_rewrite() {
             tasks.storage_failed(&crate::error::Error::io(
@@ -193,6 +202,11 @@ impl Tasks {
                 tasks.settings.state_dir.join("ledger.jsonl"),
                 std::io::Error::other("the ledger could not be rewritten at start"),
             ));
+        }
+        // Children handed over by the previous program image are taken
+        // before recovery, which then leaves them alone.
+        if let Some(handover) = handover {
+            tasks.adopt(handover);
         }
         tasks.recover();
         tasks.prune_results();
@@ -273,6 +287,15 @@ impl Tasks {
                 origin,
                 ErrorKind::Capacity,
                 message,
+            ));
+        }
+        if matches!(task.kind, Kind::AgentUpdate(_)) && self.update_in_progress() {
+            return Ok(self.reject(
+                &task.id,
+                task.kind.type_name(),
+                origin,
+                ErrorKind::Capacity,
+                "another agent_update is in progress".to_string(),
             ));
         }
         if let Kind::IperfServer(server) = &task.kind
@@ -489,6 +512,7 @@ impl Tasks {
                 self.live.insert(id.clone(), live);
             }
             Kind::CollectorStart(c) => self.start_collector(live, c),
+            Kind::AgentUpdate(u) => self.start_agent_update(live, u),
             Kind::CollectorStop { name } => {
                 let Some(owner) = self.collectors.get(&name).cloned() else {
                     self.emit_for(&id, State::Failed, |u| {

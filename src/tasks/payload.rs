@@ -22,6 +22,7 @@ pub const TYPES: &[&str] = &[
     "collector_start",
     "collector_stop",
     "system_info",
+    "agent_update",
 ];
 
 /// A task that passed every check.
@@ -53,6 +54,22 @@ pub enum Kind {
     CollectorStart(CollectorStart),
     CollectorStop { name: String },
     SystemInfo,
+    AgentUpdate(AgentUpdate),
+}
+
+/// Section 4.3: where the new program comes from, and what it must be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentUpdate {
+    pub source: ProgramSource,
+    /// Lowercase hex.
+    pub sha256: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProgramSource {
+    Url(String),
+    Path(std::path::PathBuf),
 }
 
 impl Kind {
@@ -65,6 +82,7 @@ impl Kind {
             Kind::CollectorStart(_) => "collector_start",
             Kind::CollectorStop { .. } => "collector_stop",
             Kind::SystemInfo => "system_info",
+            Kind::AgentUpdate(_) => "agent_update",
         }
     }
 
@@ -203,6 +221,7 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         "collector_start" => fields.collector_start(&id),
         "collector_stop" => fields.collector_stop(),
         "system_info" => Ok(Kind::SystemInfo),
+        "agent_update" => fields.agent_update(),
         "" => return Err(reject(ErrorKind::UnknownType, "type: missing".into())),
         other => {
             return Err(reject(
@@ -228,6 +247,80 @@ pub fn decode(value: &Value) -> Result<Task, Refusal> {
         timeout,
         limits,
     })
+}
+
+/// The task as [`decode`] takes it back: a handover (section 4.3) carries
+/// tasks this way. A collector's config is left out (the handover carries
+/// the config in use).
+pub fn encode(task: &Task) -> Value {
+    let mut p = Map::new();
+    let mut put = |k: &str, v: Value| {
+        p.insert(k.to_string(), v);
+    };
+    match &task.kind {
+        Kind::IperfServer(s) => {
+            put("port", s.port.into());
+            put("udp", s.udp.into());
+            put("one_off", s.one_off.into());
+            if let Some(bind) = s.bind {
+                put("bind", bind.to_string().into());
+            }
+        }
+        Kind::IperfClient(c) => {
+            put("server", c.server.clone().into());
+            put("port", c.port.into());
+            put("udp", c.udp.into());
+            put("parallel", c.parallel.into());
+            put("time", c.time.into());
+            put("reverse", c.reverse.into());
+            put("bidir", c.bidir.into());
+            put("omit", c.omit.into());
+            if let Some(b) = &c.bandwidth {
+                put("bandwidth", b.clone().into());
+            }
+        }
+        Kind::TaskStop { task_id } => put("task_id", task_id.clone().into()),
+        Kind::CollectorStop { name } => put("name", name.clone().into()),
+        Kind::CollectorStart(c) => {
+            put("name", c.name.clone().into());
+            put("config", "".into());
+            put(
+                "restart",
+                serde_json::to_value(c.restart).unwrap_or_default(),
+            );
+            put("args", c.args.clone().into());
+        }
+        Kind::AgentUpdate(u) => {
+            match &u.source {
+                ProgramSource::Url(url) => put("url", url.clone().into()),
+                ProgramSource::Path(path) => put("path", path.to_string_lossy().into()),
+            }
+            put("sha256", u.sha256.clone().into());
+            put("version", u.version.clone().into());
+        }
+        Kind::KillAll | Kind::SystemInfo => {}
+    }
+    if let Some(l) = &task.limits {
+        let mut limits = Map::new();
+        for (k, v) in [
+            ("memory_max_bytes", l.memory_max_bytes),
+            ("cpu_max_percent", l.cpu_max_percent),
+            ("pids_max", l.pids_max),
+        ] {
+            if let Some(v) = v {
+                limits.insert(k.to_string(), v.into());
+            }
+        }
+        put("limits", Value::Object(limits));
+    }
+    let mut task_value = Map::new();
+    task_value.insert("id".into(), task.id.clone().into());
+    task_value.insert("type".into(), task.kind.type_name().into());
+    task_value.insert("payload".into(), Value::Object(p));
+    if let Some(t) = task.timeout {
+        task_value.insert("timeout_s".into(), t.as_secs_f64().into());
+    }
+    Value::Object(task_value)
 }
 
 /// A value as a rejection message shows it: JSON, cut to the id length, so
@@ -445,6 +538,59 @@ impl Fields<'_> {
         }))
     }
 
+    fn agent_update(&self) -> Result<Kind, String> {
+        let source = match (self.string("url")?, self.string("path")?) {
+            (Some(url), None) => {
+                // The program runs as the agent: never over plain http.
+                if !url.starts_with("https://") {
+                    return Err(format!(
+                        "url: {:?} is not an https:// URL",
+                        ids::escape_for_log(url)
+                    ));
+                }
+                ProgramSource::Url(url.to_string())
+            }
+            (None, Some(path)) if path.starts_with('/') && !path.contains('\0') => {
+                ProgramSource::Path(path.into())
+            }
+            (None, Some(path)) => {
+                return Err(format!(
+                    "path: {:?} is not an absolute path",
+                    ids::escape_for_log(path)
+                ));
+            }
+            (Some(_), Some(_)) => return Err("url, path: give exactly one, not both".into()),
+            (None, None) => return Err("url, path: one of them is required".into()),
+        };
+        let sha256 = match self.string("sha256")? {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                h.to_ascii_lowercase()
+            }
+            Some(h) => {
+                return Err(format!(
+                    "sha256: {:?} is not 64 hex characters",
+                    ids::escape_for_log(h)
+                ));
+            }
+            None => return Err("sha256: required".into()),
+        };
+        let version = match self.string("version")? {
+            Some(v) if crate::programs::is_version(v) => v.to_string(),
+            Some(v) => {
+                return Err(format!(
+                    "version: {:?} is not a dotted version such as 1.2.3",
+                    ids::escape_for_log(v)
+                ));
+            }
+            None => return Err("version: required".into()),
+        };
+        Ok(Kind::AgentUpdate(AgentUpdate {
+            source,
+            sha256,
+            version,
+        }))
+    }
+
     fn collector_stop(&self) -> Result<Kind, String> {
         let name = self
             .string("name")?
@@ -650,6 +796,71 @@ mod tests {
             let (kind, message) = rejected(task.clone());
             assert_eq!(kind, "invalid_payload", "{task}");
             assert!(message.starts_with(field), "{task}: {message}");
+        }
+    }
+
+    #[test]
+    fn agent_update_fields_are_checked_and_named() {
+        let sha = "a".repeat(64);
+        let update =
+            |payload: Value| json!({"id": "u", "type": "agent_update", "payload": payload});
+        let ok = decode(&update(
+            json!({"path": "/opt/outpost", "sha256": sha.to_uppercase(), "version": "1.2.3"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.kind,
+            Kind::AgentUpdate(AgentUpdate {
+                source: ProgramSource::Path("/opt/outpost".into()),
+                sha256: sha.clone(),
+                version: "1.2.3".into(),
+            })
+        );
+        let cases = [
+            (json!({"sha256": sha, "version": "1"}), "url, path"),
+            (
+                json!({"url": "https://h/o", "path": "/o", "sha256": sha, "version": "1"}),
+                "url, path",
+            ),
+            (
+                json!({"url": "http://h/o", "sha256": sha, "version": "1"}),
+                "url",
+            ),
+            (json!({"path": "o", "sha256": sha, "version": "1"}), "path"),
+            (json!({"path": "/o", "version": "1"}), "sha256"),
+            (
+                json!({"path": "/o", "sha256": "abc", "version": "1"}),
+                "sha256",
+            ),
+            (json!({"path": "/o", "sha256": sha}), "version"),
+            (
+                json!({"path": "/o", "sha256": sha, "version": "v1"}),
+                "version",
+            ),
+            (
+                json!({"path": "/o", "sha256": sha, "version": "1/../x"}),
+                "version",
+            ),
+        ];
+        for (payload, field) in cases {
+            let (kind, message) = rejected(update(payload.clone()));
+            assert_eq!(kind, "invalid_payload", "{payload}");
+            assert!(message.starts_with(field), "{payload}: {message}");
+        }
+    }
+
+    #[test]
+    fn encoded_tasks_decode_to_themselves() {
+        for v in [
+            json!({"id": "a", "type": "iperf_server_start", "payload": {"port": 6000, "bind": "127.0.0.1", "one_off": true, "limits": {"pids_max": 5}}}),
+            json!({"id": "b", "type": "iperf_client_run", "timeout_s": 30, "payload": {"server": "h", "bandwidth": "10M", "time": 3, "omit": 1, "reverse": true}}),
+            json!({"id": "c", "type": "collector_start", "payload": {"config": "", "restart": "on-failure", "args": ["-x"]}}),
+            json!({"id": "d", "type": "agent_update", "payload": {"url": "https://h/p", "sha256": "b".repeat(64), "version": "2"}}),
+            json!({"id": "e", "type": "task_stop", "payload": {"task_id": "a"}}),
+            json!({"id": "f", "type": "kill_all"}),
+        ] {
+            let task = decode(&v).unwrap();
+            assert_eq!(decode(&encode(&task)).unwrap(), task, "{v}");
         }
     }
 

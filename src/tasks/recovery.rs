@@ -46,10 +46,27 @@ impl Tasks {
         let desired = self.store.load();
         let kept: HashSet<String> = desired.values().map(|d| d.task_id.clone()).collect();
         let mut stopping = Vec::new();
-        let mut marked = supervisor::processes_by_task(
-            Path::new("/"),
-            &self.settings.state_dir.to_string_lossy(),
-        );
+        // Tasks handed over by the previous image (and the update itself)
+        // are this instance's already; the rest is recovered.
+        let unfinished: Vec<Record> = self
+            .ledger
+            .unfinished()
+            .into_iter()
+            .filter(|r| {
+                !self.live.contains_key(&r.id)
+                    && self.updating.as_ref().is_none_or(|u| u.id != r.id)
+            })
+            .collect();
+        // One pass over every /proc/<pid>/environ: skipped when nothing is
+        // left to look for (after a handover, which has to be quick).
+        let mut marked = if unfinished.is_empty() {
+            Default::default()
+        } else {
+            supervisor::processes_by_task(
+                Path::new("/"),
+                &self.settings.state_dir.to_string_lossy(),
+            )
+        };
         let mut left_cgroups: BTreeMap<String, PathBuf> = self
             .settings
             .cgroups
@@ -58,7 +75,10 @@ impl Tasks {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        for record in self.ledger.unfinished() {
+        for id in self.live.keys() {
+            left_cgroups.remove(id);
+        }
+        for record in unfinished {
             let cgroup = left_cgroups.remove(&record.id);
             let mut candidates = marked.remove(&record.id).unwrap_or_default();
             candidates.extend(cgroup.as_deref().map(in_cgroup).unwrap_or_default());
@@ -142,6 +162,9 @@ impl Tasks {
     }
 
     fn cut_off(&mut self, record: &Record) {
+        if record.type_name == "agent_update" {
+            return self.update_cut_off(&record.id);
+        }
         log::info!(
             task_id = record.id.as_str();
             "task {} ({}) was cut off by an agent restart",
