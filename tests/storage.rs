@@ -196,12 +196,16 @@ fn a_full_disk_pauses_taking_tasks_keeps_serving_and_recovers() {
     // The manager has the update before the agent removes its outbox file:
     // a removal after the fill would free the block the next ledger record
     // needs, and the task claimed on a "full" disk would run.
-    eventually("the outbox files of sent updates removed", 10 * SECOND, || {
-        std::fs::read_dir(dir.join("outbox"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .all(|e| !e.file_name().to_string_lossy().ends_with(".json"))
-    });
+    eventually(
+        "the outbox files of sent updates removed",
+        10 * SECOND,
+        || {
+            std::fs::read_dir(dir.join("outbox"))
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .all(|e| !e.file_name().to_string_lossy().ends_with(".json"))
+        },
+    );
 
     let filler = fs.fill();
     // The ledger's last page still has room; blank lines (which a replay
