@@ -30,6 +30,10 @@ fn peer() -> &'static Path {
             .args(["build", "--quiet", "--bin", "outpost", "--target-dir"])
             .arg(&target)
             .env("OUTPOST_BUILD_VERSION", PEER_VERSION)
+            // Without debug info: a debug build with it is about 62 MiB,
+            // next to the 64 MiB an update may be, and slow to hash.
+            .env("CARGO_PROFILE_DEV_DEBUG", "0")
+            .env("CARGO_PROFILE_DEV_STRIP", "debuginfo")
             .current_dir(manifest)
             .status()
             .expect("run cargo for the peer build");
