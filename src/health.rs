@@ -63,20 +63,8 @@ impl Responder {
     /// 4.3), so /health never stops answering across an update. `None`
     /// unless `fd` is a listening TCP socket above the standard descriptors.
     pub fn inherit(fd: i32, telemetry: Arc<Telemetry>, stop: Stop) -> Option<Responder> {
-        use nix::sys::stat::{SFlag, fstat};
-        if fd <= 2 {
-            return None;
-        }
-        // SAFETY: only looks at the descriptor; one that is not open fails.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let stat = fstat(borrowed).ok()?;
-        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-            return None;
-        }
-        crate::supervisor::set_cloexec(fd, true);
-        // SAFETY: the handover gave this image the descriptor, nothing else
-        // in it owns it, and it is a socket (checked above).
-        let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let socket = crate::supervisor::inherited_fd(fd, nix::sys::stat::SFlag::S_IFSOCK)?;
+        let listener = TcpListener::from(socket);
         listener.local_addr().ok()?;
         listener.set_nonblocking(true).ok()?;
         Some(Responder {

@@ -494,9 +494,15 @@ impl Inherited {
     }
 }
 
-/// A pipe named by a handover: taken only if it is a pipe above the
-/// standard descriptors, and made close-on-exec again.
+/// A pipe named by a handover, as a `File`.
 fn inherited_pipe(fd: i32) -> Option<File> {
+    inherited_fd(fd, nix::sys::stat::SFlag::S_IFIFO).map(File::from)
+}
+
+/// A descriptor named by a handover (section 4.3): taken only if it is
+/// above the standard descriptors and of the `kind` expected (a pipe, a
+/// socket), and made close-on-exec again.
+pub fn inherited_fd(fd: i32, kind: nix::sys::stat::SFlag) -> Option<std::os::fd::OwnedFd> {
     use nix::sys::stat::{SFlag, fstat};
     if fd <= 2 {
         return None;
@@ -504,14 +510,14 @@ fn inherited_pipe(fd: i32) -> Option<File> {
     // SAFETY: only looks at the descriptor; an fd that is not open fails.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let stat = fstat(borrowed).ok()?;
-    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != kind {
         return None;
     }
     set_cloexec(fd, true);
     // SAFETY: the handover gave this image the descriptor, which nothing
-    // else in it owns; it is a pipe (checked above) and is owned from here
-    // on by the returned File alone.
-    Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    // else in it owns; it is of the kind checked above and is owned from
+    // here on by the returned OwnedFd alone.
+    Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Sets or clears FD_CLOEXEC on one descriptor.
