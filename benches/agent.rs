@@ -771,12 +771,7 @@ fn collectors_steady_state(rows: &mut Vec<Row>, soak_s: u64) {
         manager.hand_out(json!({"id": format!("col-{i}"), "type": "collector_start",
             "payload": {"name": format!("c{i}"), "config": "exec sleep 3600\n"}}));
     }
-    manager.wait_for("200 collectors running", Duration::from_secs(120), |s| {
-        s.iter()
-            .filter(|s| s.path.ends_with("/status") && s.body["state"] == "running")
-            .count()
-            >= N
-    });
+    wait_running(&manager, N);
     let mut startup: Vec<f64> = (0..N)
         .filter_map(|i| {
             let path = format!("/v1/agent/tasks/col-{i}/status");
@@ -936,12 +931,7 @@ fn handover(rows: &mut Vec<Row>) {
             manager.hand_out(json!({"id": format!("hc-{i}"), "type": "collector_start",
                 "payload": {"name": format!("h{i}"), "config": "exec sleep 3600\n"}}));
         }
-        manager.wait_for("collectors running", Duration::from_secs(120), |s| {
-            s.iter()
-                .filter(|s| s.path.ends_with("/status") && s.body["state"] == "running")
-                .count()
-                >= n
-        });
+        wait_running(&manager, n);
         let queued = Instant::now();
         manager.hand_out(json!({"id": "hup", "type": "agent_update",
             "payload": {"path": peer, "sha256": sha, "version": version}}));
@@ -979,4 +969,18 @@ fn handover(rows: &mut Vec<Row>) {
             "—".into(),
         );
     }
+}
+
+/// Waits until the manager has seen `n` updates to `running`.
+fn wait_running(manager: &FakeManager, n: usize) {
+    manager.wait_for(
+        &format!("{n} tasks running"),
+        Duration::from_secs(120),
+        |s| {
+            s.iter()
+                .filter(|s| s.path.ends_with("/status") && s.body["state"] == "running")
+                .count()
+                >= n
+        },
+    );
 }
