@@ -60,16 +60,38 @@ pub fn run(config: Config) -> Result<i32> {
     }
     // Until it is ready, a program on trial writes its standard error to a
     // file (section 4.3); one taking over again puts it back at once.
+    // What the program on trial wrote there goes into the failed update's
+    // report.
     let mut trial_stderr = handover.as_ref().and_then(|h| h.saved_stderr);
     if let Some(fd) = trial_stderr
-        && handover.as_ref().is_some_and(|h| h.rollback.is_some())
+        && let Some(h) = handover.as_mut().filter(|h| h.rollback.is_some())
     {
-        crate::handover::restore_stderr(fd, &crate::programs::trial_stderr_path(&config.state_dir));
+        h.trial_stderr = Some(crate::handover::restore_stderr(
+            fd,
+            &crate::programs::trial_stderr_path(&config.state_dir),
+        ));
         trial_stderr = None;
     }
+    // Section 4.3 step 4: until this image has taken the children over, a
+    // start-up failure of an image on trial hands the process back, with
+    // the handover as it came, instead of exiting.
+    macro_rules! or_hand_back {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(e) => {
+                    return Err(crate::handover::hand_back_unstarted(
+                        &config.state_dir,
+                        handover.take(),
+                        e,
+                    ));
+                }
+            }
+        };
+    }
     let notifier = Notifier::from_env();
-    let state = StateDir::open(&config.state_dir)?;
-    crate::spool::prepare(state.root())?;
+    let state = or_hand_back!(StateDir::open(&config.state_dir));
+    or_hand_back!(crate::spool::prepare(state.root()));
     // Before any thread or child exists: the agent moves into its own leaf
     // of the delegated subtree (section 4.2), or runs without cgroups.
     let cgroups = match crate::cgroup::Cgroups::set_up(std::path::Path::new("/")) {
@@ -84,7 +106,7 @@ pub fn run(config: Config) -> Result<i32> {
     };
     let has_cgroups = cgroups.is_some();
     let (events, inbox) = mpsc::channel();
-    spawn_signal_thread(events.clone())?;
+    or_hand_back!(spawn_signal_thread(events.clone()));
 
     let telemetry = Arc::new(
         Telemetry::new(
@@ -116,37 +138,50 @@ pub fn run(config: Config) -> Result<i32> {
             .and_then(|fd| Responder::inherit(fd, telemetry.clone(), stop.clone()))
         {
             Some(r) => r,
-            None => Responder::bind(addr, telemetry.clone(), stop.clone())?,
+            None => or_hand_back!(Responder::bind(addr, telemetry.clone(), stop.clone())),
         };
         listening = responder.local_addr();
         listener_fd = Some(responder.raw_fd());
-        threads.spawn("health", move || responder.run())?;
+        or_hand_back!(threads.spawn("health", move || responder.run()));
     }
     {
         let telemetry = telemetry.clone();
         let stop = stop.clone();
-        threads.spawn("metrics", move || metrics_loop(&telemetry, &stop))?;
+        or_hand_back!(threads.spawn("metrics", move || metrics_loop(&telemetry, &stop)));
     }
 
     // One trust set for every link: the system store is read once.
-    let (tls, roots) = crate::tls::client_config(&config.tls, std::path::Path::new("/"))?;
+    let (tls, roots) = or_hand_back!(crate::tls::client_config(
+        &config.tls,
+        std::path::Path::new("/")
+    ));
     log::debug!("TLS trusts {roots}");
     let supervisor = {
         let events = events.clone();
-        Supervisor::start(state.root().to_string_lossy().into_owned(), move |exit| {
-            let _ = events.send(Event::ChildExited(exit));
-        })
-        .map_err(|e| Error::Internal {
-            what: "supervisor",
-            message: e.to_string(),
-        })?
+        or_hand_back!(
+            Supervisor::start(state.root().to_string_lossy().into_owned(), move |exit| {
+                let _ = events.send(Event::ChildExited(exit));
+            })
+            .map_err(|e| Error::Internal {
+                what: "supervisor",
+                message: e.to_string(),
+            })
+        )
     };
     let outbox = match config.manager_url {
-        Some(_) => Some(Arc::new(Outbox::open(state.root())?)),
+        Some(_) => Some(Arc::new(or_hand_back!(Outbox::open(state.root())))),
         None => None,
     };
+    // Made before the children are taken over, so that what fails after
+    // that is only the start of a thread.
+    let manager = match config.manager_url {
+        Some(_) => Some(or_hand_back!(Manager::new(&config, tls.clone()))),
+        None => None,
+    };
+    let heartbeat_state = or_hand_back!(StateDir::open(&config.state_dir));
+    or_hand_back!(crate::handover::broken_start("state"));
     let iperf3_version = crate::supervisor::iperf3_version(&config.iperf3);
-    let mut tasks = Tasks::open(
+    let tasks = Tasks::open(
         Settings {
             iperf3: config.iperf3.clone(),
             iperf3_version: iperf3_version.clone(),
@@ -171,7 +206,27 @@ pub fn run(config: Config) -> Result<i32> {
         ),
         events.clone(),
         handover.as_mut(),
-    )?;
+    );
+    let mut tasks = or_hand_back!(tasks);
+    // From here the children are this image's: a start-up failure hands
+    // them back through the table, as a handover that timed out does.
+    let trial = handover
+        .as_ref()
+        .filter(|h| h.rollback.is_none())
+        .map(|h| (h.update_task_id.clone(), h.from.clone(), h.to.clone()));
+    let mut update = UpdateContext {
+        state_dir: state.root().to_path_buf(),
+        listener: listener_fd,
+        trial_stderr,
+    };
+    macro_rules! or_hand_back_taken {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(e) => return Err(update.start_failed(&mut tasks, &inbox, trial, e)),
+            }
+        };
+    }
 
     let where_ = listening
         .map(|a| format!("health responder on http://{a}"))
@@ -182,42 +237,12 @@ pub fn run(config: Config) -> Result<i32> {
             crate::VERSION,
             state.root().display()
         ),
-        Some(url) => {
-            log::info!(
-                "outpost {} started for manager {url} as {}; {where_}; state in {}",
-                crate::VERSION,
-                config.agent_name,
-                state.root().display()
-            );
-            let manager = Manager::new(&config, tls.clone())?;
-            let heartbeat = Heartbeat {
-                manager: manager.clone(),
-                telemetry: telemetry.clone(),
-                state: StateDir::open(&config.state_dir)?,
-                events: events.clone(),
-                stop: stop.clone(),
-                capabilities: capabilities_of(&config, iperf3_version.clone(), has_cgroups),
-            };
-            threads.spawn("heartbeat", move || heartbeat.run())?;
-            let (m, t, e, s) = (
-                manager.clone(),
-                telemetry.clone(),
-                events.clone(),
-                stop_intake.clone(),
-            );
-            threads.spawn("claim", move || crate::claim::run(m, t, e, s))?;
-            if let Some(outbox) = &outbox {
-                let (manager, o, t, s) = (
-                    manager.clone(),
-                    outbox.clone(),
-                    telemetry.clone(),
-                    stop.clone(),
-                );
-                threads.spawn("outbox", move || {
-                    crate::outbox::run_sender(o, manager, t, s)
-                })?;
-            }
-        }
+        Some(url) => log::info!(
+            "outpost {} started for manager {url} as {}; {where_}; state in {}",
+            crate::VERSION,
+            config.agent_name,
+            state.root().display()
+        ),
     }
     {
         let (dir, t, e, s) = (
@@ -226,13 +251,42 @@ pub fn run(config: Config) -> Result<i32> {
             events.clone(),
             stop_intake.clone(),
         );
-        threads.spawn("spool", move || crate::spool::run(dir, t, e, s))?;
+        or_hand_back_taken!(threads.spawn("spool", move || crate::spool::run(dir, t, e, s)));
     }
     {
         let (t, s) = (telemetry.clone(), stop.clone());
         let proxy = config.proxy.clone();
-        threads.spawn("push", move || crate::pushgateway::run(t, tls, proxy, s))?;
+        or_hand_back_taken!(threads.spawn("push", move || {
+            crate::pushgateway::run(t, tls, proxy, s)
+        }));
     }
+    if let Some(manager) = manager {
+        if let Some(outbox) = &outbox {
+            let (manager, o, t, s) = (
+                manager.clone(),
+                outbox.clone(),
+                telemetry.clone(),
+                stop.clone(),
+            );
+            or_hand_back_taken!(threads.spawn("outbox", move || {
+                crate::outbox::run_sender(o, manager, t, s)
+            }));
+        }
+        let heartbeat = Heartbeat {
+            manager: manager.clone(),
+            telemetry: telemetry.clone(),
+            state: heartbeat_state,
+            events: events.clone(),
+            stop: stop.clone(),
+            capabilities: capabilities_of(&config, iperf3_version.clone(), has_cgroups),
+        };
+        or_hand_back_taken!(threads.spawn("heartbeat", move || heartbeat.run()));
+        // Last: a claim taken is never left in the channel by a start-up
+        // that fails.
+        let (t, e, s) = (telemetry.clone(), events.clone(), stop_intake.clone());
+        or_hand_back_taken!(threads.spawn("claim", move || crate::claim::run(manager, t, e, s)));
+    }
+    or_hand_back_taken!(crate::handover::broken_start("workers"));
     log::debug!("started in {:?}", started.elapsed());
     if let Some(h) = &handover {
         // Serving /health (the responder runs) and supervising every child
@@ -245,11 +299,6 @@ pub fn run(config: Config) -> Result<i32> {
         );
     }
     drop(handover);
-    let mut update = UpdateContext {
-        state_dir: state.root().to_path_buf(),
-        listener: listener_fd,
-        trial_stderr,
-    };
     if config.manager_url.is_none() {
         notifier.ready();
         update.ready(&mut tasks);
@@ -323,8 +372,15 @@ fn main_loop(
                 update.ready(tasks);
             }
             Ok(Event::KeyRejected { status }) => {
-                log::error!("{}", Error::KeyRejected { status });
-                return EXIT_CONFIG;
+                let error = Error::KeyRejected { status };
+                // A new version on trial that the manager turns away did not
+                // start (section 4.3): the previous one takes over again,
+                // and meets the same key.
+                if !tasks.cannot_take_over(format!("its registration failed: {error}")) {
+                    log::error!("{error}");
+                    return EXIT_CONFIG;
+                }
+                next_tick = Instant::now();
             }
             Ok(Event::Claimed {
                 tasks: claimed,
@@ -364,6 +420,9 @@ fn main_loop(
             tasks.end_probation(false);
             if let Some((why, id, from, to)) = tasks.rollback_due() {
                 pending = update.hand_back(tasks, inbox, &id, why, from, to);
+                if pending.is_some() {
+                    next_tick = Instant::now();
+                }
             }
         }
         if pending.is_none()
@@ -483,7 +542,7 @@ impl UpdateContext {
             .origin_of(id)
             .unwrap_or(crate::ledger::Origin::Manager);
         let mut handover = crate::handover::Handover::new(id, origin, from.clone(), to);
-        handover.rollback = Some(why);
+        handover.rollback = Some(why.clone());
         handover.saved_stderr = self.trial_stderr;
         let e = self.exec(tasks, handover, children, &from.path);
         let _ = resume.send(true);
@@ -499,12 +558,40 @@ impl UpdateContext {
             id,
             crate::update::ErrorKind::UpdateFailed,
             format!(
-                "not ready in time, and handing back to version {} failed: {e}",
+                "version {} {why}, and handing back to version {} failed: {e}",
+                crate::VERSION,
                 from.version
             ),
             None,
         );
         None
+    }
+
+    /// Section 4.3 step 4 once this image has taken the children over: a
+    /// start-up failure of an image on trial hands them back through the
+    /// table. Returns `error` when this image is not on trial or handing
+    /// back failed; the process then exits with it.
+    fn start_failed(
+        &mut self,
+        tasks: &mut Tasks,
+        inbox: &Receiver<Event>,
+        trial: Option<(String, crate::programs::Program, crate::programs::Program)>,
+        error: Error,
+    ) -> Error {
+        let Some((id, from, to)) = trial else {
+            return error;
+        };
+        let why = format!("its start-up failed: {error}");
+        loop {
+            match self.hand_back(tasks, inbox, &id, why.clone(), from.clone(), to.clone()) {
+                // Recorded by this image first, as the main loop would.
+                Some(Event::ChildExited(exit)) => tasks.on_exit(exit),
+                // Nothing else needs this image: the claim thread starts
+                // last, a spool file stays in inbox/ for the next image.
+                Some(_) => {}
+                None => return error,
+            }
+        }
     }
 
     /// Pauses the supervisor with every child exported. An event already

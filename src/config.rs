@@ -675,6 +675,30 @@ fn absolute(setting: &'static str, dir: &str) -> Result<PathBuf> {
     }
 }
 
+/// Where the state directory is when the settings as a whole cannot be
+/// read: `--state-dir`, `OUTPOST_STATE_DIR` or the default (an `--env-file`
+/// is not read). For a new version on trial that refuses its settings, to
+/// find its handover (PROTOCOL section 4.3).
+pub fn state_dir_hint(inputs: &Inputs) -> Option<PathBuf> {
+    let mut args = inputs.args.iter().filter_map(|a| a.to_str());
+    while let Some(arg) = args.next() {
+        if let Some(dir) = arg.strip_prefix("--state-dir=") {
+            return Some(PathBuf::from(dir));
+        }
+        if arg == "--state-dir" {
+            return args.next().map(PathBuf::from);
+        }
+    }
+    match inputs
+        .env
+        .get("OUTPOST_STATE_DIR")
+        .filter(|v| !v.is_empty())
+    {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => default_state_dir(&inputs.env).ok(),
+    }
+}
+
 /// `$STATE_DIRECTORY` (systemd), else `/var/lib/outpost` when we may write
 /// there, else `~/.local/state/outpost` (XDG state home for a plain user).
 fn default_state_dir(env: &BTreeMap<String, String>) -> Result<PathBuf> {
@@ -936,6 +960,26 @@ mod tests {
             Error::Config { setting, .. } => setting,
             other => panic!("not a config error: {other}"),
         }
+    }
+
+    #[test]
+    fn the_state_dir_is_found_when_the_settings_are_refused() {
+        let hint = |args: &[&str], env: &[(&str, &str)]| state_dir_hint(&inputs(args, env));
+        let env = [
+            ("OUTPOST_STATE_DIR", "/srv/env"),
+            ("OUTPOST_HEARTBEAT_INTERVAL", "x"),
+        ];
+        assert_eq!(hint(&[], &env), Some("/srv/env".into()));
+        assert_eq!(
+            hint(&["--state-dir", "/srv/flag"], &env),
+            Some("/srv/flag".into())
+        );
+        assert_eq!(hint(&["--state-dir=/srv/eq"], &env), Some("/srv/eq".into()));
+        let systemd = [
+            ("OUTPOST_STATE_DIR", ""),
+            ("STATE_DIRECTORY", "/var/lib/o:/x"),
+        ];
+        assert_eq!(hint(&["--bogus"], &systemd), Some("/var/lib/o".into()));
     }
 
     #[test]

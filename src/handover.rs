@@ -45,6 +45,9 @@ pub struct Handover {
     /// The agent's own standard error, saved while a program on trial
     /// writes to a file instead.
     pub saved_stderr: Option<RawFd>,
+    /// What the program on trial wrote to standard error, read by the
+    /// image taking over again (not part of the file).
+    pub trial_stderr: Option<String>,
     pub listener: Option<RawFd>,
     pub children: Vec<Inherited>,
     pub tasks: Vec<Handed>,
@@ -155,6 +158,7 @@ impl Handover {
             to: Program::from_json(v.get("to")?)?,
             rollback: field::string(v, "rollback"),
             saved_stderr: field::i32(v, "saved_stderr"),
+            trial_stderr: None,
             listener: field::i32(v, "listener"),
             children: list("children")
                 .iter()
@@ -176,6 +180,7 @@ impl Handover {
             to,
             rollback: None,
             saved_stderr: None,
+            trial_stderr: None,
             listener: None,
             children: Vec::new(),
             tasks: Vec::new(),
@@ -187,8 +192,32 @@ impl Handover {
 /// The handover this process was given, if any; the file is removed
 /// whatever it holds.
 pub fn take(state_dir: &Path) -> Option<Handover> {
+    read(state_dir, true)
+}
+
+/// Like [`take`], but another process's file is left where it is: for a
+/// command line that failed before it knew it was the agent.
+pub fn take_own(state_dir: &Path) -> Option<Handover> {
+    read(state_dir, false)
+}
+
+fn read(state_dir: &Path, remove_any: bool) -> Option<Handover> {
     let path = path(state_dir);
     let bytes = std::fs::read(&path).ok()?;
+    let own = |h: &Handover| {
+        h.format == FORMAT
+            && h.pid == std::process::id() as i32
+            && h.start_ticks == own_start_ticks()
+    };
+    if !remove_any {
+        let parsed = serde_json::from_slice::<Value>(&bytes).ok();
+        if !parsed
+            .and_then(|v| Handover::from_json(&v))
+            .is_some_and(|h| own(&h))
+        {
+            return None;
+        }
+    }
     let _ = std::fs::remove_file(&path);
     let _ = crate::state::sync_dir(state_dir);
     let parsed = serde_json::from_slice::<Value>(&bytes)
@@ -204,10 +233,7 @@ pub fn take(state_dir: &Path) -> Option<Handover> {
             return None;
         }
     };
-    if handover.format != FORMAT
-        || handover.pid != std::process::id() as i32
-        || handover.start_ticks != own_start_ticks()
-    {
+    if !own(&handover) {
         log::warn!(
             "{}: left by another process (pid {}); recovering as after a crash",
             path.display(),
@@ -252,6 +278,51 @@ pub fn exec(state_dir: &Path, handover: &mut Handover, program: &Path) -> Handov
     }
 }
 
+/// Section 4.3 step 4 for an image on trial whose start-up failed before
+/// it took the children over: the previous program takes the process back
+/// with the handover as it came, and reports the update failed with
+/// `error`. Returns `error` when that cannot be: this image was not on
+/// trial (or is itself the previous program taking over again), or the
+/// exec failed; the caller then exits with it, and the next start rolls
+/// back as after a death.
+pub fn hand_back_unstarted(
+    state_dir: &Path,
+    handover: Option<Handover>,
+    error: crate::error::Error,
+) -> crate::error::Error {
+    let Some(mut handover) = handover.filter(|h| h.rollback.is_none()) else {
+        return error;
+    };
+    log::error!(
+        task_id = handover.update_task_id.as_str();
+        "agent_update: version {} cannot start ({error}); handing back to version {}",
+        crate::VERSION,
+        handover.from.version
+    );
+    log::logger().flush();
+    handover.rollback = Some(format!("its start-up failed: {error}"));
+    let back_to = handover.from.path.clone();
+    let why = exec(state_dir, &mut handover, &back_to);
+    log::error!("handing back failed: {why}");
+    error
+}
+
+/// The update tests' stand-in for a version with a start-up bug: a build
+/// made with `OUTPOST_BUILD_BROKEN_START` set fails its start-up at the
+/// step `OUTPOST_BROKEN_START_AT` names (`config`, `state`, `workers`).
+/// Every other build compiles this to `Ok`.
+pub fn broken_start(step: &'static str) -> crate::error::Result<()> {
+    if option_env!("OUTPOST_BUILD_BROKEN_START").is_some()
+        && std::env::var("OUTPOST_BROKEN_START_AT").is_ok_and(|at| at == step)
+    {
+        return Err(crate::error::Error::Internal {
+            what: "start-up",
+            message: format!("this build is made to fail its start-up at the {step} step"),
+        });
+    }
+    Ok(())
+}
+
 fn wall_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -292,11 +363,11 @@ pub fn divert_stderr(file: &Path) -> Option<RawFd> {
 
 /// Puts the saved standard error back (the trial is over) and closes the
 /// saved descriptor; what went to the trial file is copied to it first, so
-/// the journal misses nothing.
-pub fn restore_stderr(saved: RawFd, trial_file: &Path) {
+/// the journal misses nothing. Returns that text.
+pub fn restore_stderr(saved: RawFd, trial_file: &Path) -> String {
     use std::io::Write;
     if saved <= 2 {
-        return;
+        return String::new();
     }
     let kept = std::fs::read(trial_file).unwrap_or_default();
     // SAFETY: `saved` came from the handover as the agent's standard
@@ -309,6 +380,7 @@ pub fn restore_stderr(saved: RawFd, trial_file: &Path) {
     let _ = std::io::stderr().write_all(&kept);
     // What a later death leaves there is then its own, not this start's.
     let _ = std::fs::remove_file(trial_file);
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 #[cfg(test)]
@@ -345,7 +417,14 @@ mod tests {
         let mut other = Handover::new("t-up", Origin::Manager, program("1"), program("2"));
         other.start_ticks += 1;
         write(&other);
+        // A command line that failed before it knew it was the agent
+        // leaves it alone; the agent's own start clears it.
+        assert!(take_own(&dir).is_none());
+        assert!(path(&dir).exists());
         assert!(take(&dir).is_none());
+        assert!(!path(&dir).exists());
+        write(&mine);
+        assert!(take_own(&dir).is_some());
         assert!(!path(&dir).exists());
         // Everything written is read back as it was.
         let mut full = Handover::new("t-up", Origin::Spool, program("1"), program("2"));

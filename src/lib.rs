@@ -61,9 +61,20 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         eprintln!("outpost: cannot turn off core dumps: {e}");
     }
     let inputs = config::Inputs::from_process(args);
-    match config::parse(&inputs) {
+    let parsed = config::parse(&inputs).and_then(|command| match command {
+        Command::Run(_) => handover::broken_start("config").map(|()| command),
+        other => Ok(other),
+    });
+    match parsed {
         Err(e) => {
             eprintln!("outpost: {e}");
+            // A new version on trial that refuses the settings it was
+            // tried with hands back (section 4.3) rather than exit 78,
+            // which systemd would not restart.
+            let e = match config::state_dir_hint(&inputs) {
+                Some(dir) => handover::hand_back_unstarted(&dir, handover::take_own(&dir), e),
+                None => e,
+            };
             e.exit_code()
         }
         Ok(Command::Help) => {

@@ -1,14 +1,15 @@
 //! In-place agent updates (PROTOCOL 4.3) end to end: the real binary
 //! updated to a second real build of this crate (`OUTPOST_BUILD_VERSION`
-//! set at build time, built once into `target/update-peer`), and to small
-//! scripts standing in for programs that fail at start or never get ready.
+//! set at build time, built once into `target/update-peer`), to a third
+//! whose start-up fails on purpose (`OUTPOST_BUILD_BROKEN_START`), and to
+//! small scripts standing in for programs that die or never get ready.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use common::{Agent, FakeManager, Reply, TempDir, eventually, free_port, processes_matching};
@@ -17,28 +18,56 @@ use serde_json::{Value, json};
 const SECOND: Duration = Duration::from_secs(1);
 const SH: &str = "/bin/sh {config}";
 const PEER_VERSION: &str = "0.1.1";
+const BROKEN_VERSION: &str = "0.1.2";
 
-/// The second build: this crate with another version number. Built once
-/// per test process (cargo's own lock keeps concurrent builds apart).
+/// A build of this crate with `env` set at build time, copied out to
+/// `target/update-peer/outpost-<name>`. The builds share one target
+/// directory (only this crate is rebuilt when `env` changes), so one at a
+/// time.
+fn build_peer(name: &str, env: &[(&str, &str)]) -> PathBuf {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _building = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = manifest.join("target/update-peer");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--bin", "outpost", "--target-dir"])
+        .arg(&target)
+        .envs(env.iter().copied())
+        // Without debug info: a debug build with it is about 62 MiB,
+        // next to the 64 MiB an update may be, and slow to hash.
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("CARGO_PROFILE_DEV_STRIP", "debuginfo")
+        .current_dir(manifest)
+        .status()
+        .expect("run cargo for the peer build");
+    assert!(status.success(), "the {name} peer build failed");
+    // A new file renamed into place: an earlier copy may be running.
+    let out = target.join(format!("outpost-{name}"));
+    let tmp = target.join(format!(".outpost-{name}.tmp"));
+    std::fs::copy(target.join("debug/outpost"), &tmp).unwrap();
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+/// The second build: this crate with another version number.
 fn peer() -> &'static Path {
     static PEER: OnceLock<PathBuf> = OnceLock::new();
-    PEER.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let target = manifest.join("target/update-peer");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bin", "outpost", "--target-dir"])
-            .arg(&target)
-            .env("OUTPOST_BUILD_VERSION", PEER_VERSION)
-            // Without debug info: a debug build with it is about 62 MiB,
-            // next to the 64 MiB an update may be, and slow to hash.
-            .env("CARGO_PROFILE_DEV_DEBUG", "0")
-            .env("CARGO_PROFILE_DEV_STRIP", "debuginfo")
-            .current_dir(manifest)
-            .status()
-            .expect("run cargo for the peer build");
-        assert!(status.success(), "the peer build failed");
-        target.join("debug/outpost")
+    PEER.get_or_init(|| build_peer(PEER_VERSION, &[("OUTPOST_BUILD_VERSION", PEER_VERSION)]))
+}
+
+/// A third build whose start-up fails where `OUTPOST_BROKEN_START_AT`
+/// says, standing in for a version with a start-up bug.
+fn broken_peer() -> &'static Path {
+    static BROKEN: OnceLock<PathBuf> = OnceLock::new();
+    BROKEN.get_or_init(|| {
+        build_peer(
+            "broken",
+            &[
+                ("OUTPOST_BUILD_VERSION", BROKEN_VERSION),
+                ("OUTPOST_BUILD_BROKEN_START", "1"),
+            ],
+        )
     })
 }
 
@@ -91,6 +120,15 @@ fn pids_of(markers: &str) -> Vec<i32> {
             })
         })
         .collect()
+}
+
+/// The collector processes of task `id` of this agent (other agents, of
+/// tests running meanwhile, may have a task of that name).
+fn collector_of(agent: &Agent, id: &str) -> Vec<i32> {
+    pids_of(&format!(
+        "OUTPOST_TASK={id}\0;OUTPOST_TASK_OWNER={}\0",
+        agent.state_dir().display()
+    ))
 }
 
 /// The agent's open descriptors, the fewest of a few looks (HTTP
@@ -339,7 +377,7 @@ fn a_version_that_dies_at_start_is_rolled_back_with_its_stderr() {
 }
 
 #[test]
-fn a_version_that_never_gets_ready_hands_back_with_every_child() {
+fn a_version_that_never_gets_ready_hands_back_with_every_child_and_its_stderr() {
     let peer = peer();
     let manager = FakeManager::start();
     // The manager turns the new version away, so it never registers.
@@ -354,19 +392,137 @@ fn a_version_that_never_gets_ready_hands_back_with_every_child() {
     let pid = agent.child.id();
     manager.hand_out(collector("c-n"));
     manager.wait_state("c-n", "running", 20 * SECOND);
-    let collector_pids = pids_of("c-n");
+    let collector_pids = collector_of(&agent, "c-n");
     manager.hand_out(update_task("up-never", peer, PEER_VERSION));
     let failed = manager.wait_state("up-never", "failed", 120 * SECOND);
     assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
     let message = failed["error"]["message"].as_str().unwrap();
     assert!(message.contains("not ready"), "{message}");
+    // Regression: the image taking over again removed the file holding
+    // the new version's standard error before the report read it.
+    assert!(
+        failed["stderr_tail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("503"),
+        "{failed}"
+    );
     assert_eq!(agent.child.id(), pid);
-    assert_eq!(pids_of("c-n"), collector_pids);
+    assert_eq!(collector_of(&agent, "c-n"), collector_pids);
     assert_eq!(status_of(&agent)["version"], env!("CARGO_PKG_VERSION"));
     assert!(
         registrations(&manager)
             .iter()
             .any(|r| r["agent_version"] == PEER_VERSION)
+    );
+}
+
+/// Section 4.3 step 4: a new version whose start-up fails at `step`
+/// hands back in the same process, at once; every child is kept and
+/// supervised by the previous version, which reports why.
+fn a_start_up_failure_hands_back_with_every_child(step: &str) {
+    let broken = broken_peer();
+    let manager = FakeManager::start();
+    let agent = Agent::with_manager(
+        &manager,
+        &[
+            ("OUTPOST_COLLECTOR_CMD", SH),
+            ("OUTPOST_BROKEN_START_AT", step),
+        ],
+    );
+    let collector_id = format!("c-{step}");
+    manager.hand_out(collector(&collector_id));
+    manager.wait_state(&collector_id, "running", 20 * SECOND);
+    let collector_pids = collector_of(&agent, &collector_id);
+    assert_eq!(collector_pids.len(), 1, "{collector_pids:?}");
+    let id = format!("up-{step}");
+    manager.hand_out(update_task(&id, broken, BROKEN_VERSION));
+    // Well inside the 60 s a version that never gets ready is given.
+    let failed = manager.wait_state(&id, "failed", 40 * SECOND);
+    assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
+    let why = format!("at the {step} step");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("start-up failed") && message.contains(&why),
+        "{message}"
+    );
+    assert!(
+        failed["stderr_tail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&why),
+        "{failed}"
+    );
+    assert_eq!(status_of(&agent)["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(collector_of(&agent, &collector_id), collector_pids);
+    assert!(common::zombie_children(agent.child.id()).is_empty());
+    // Still supervised by the version that took over again: a collector
+    // that dies is restarted.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(collector_pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the collector restarted", 30 * SECOND, || {
+        let now = collector_of(&agent, &collector_id);
+        now.len() == 1 && now != collector_pids
+    });
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(agent.state_dir().join("programs/update.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        record["trial"].is_null() && record["current"].is_null(),
+        "{record}"
+    );
+    assert_eq!(record["failed"], json!([sha256_of(broken)]), "{record}");
+}
+
+#[test]
+fn a_version_that_refuses_its_settings_at_start_hands_back() {
+    a_start_up_failure_hands_back_with_every_child("config");
+}
+
+#[test]
+fn a_version_whose_start_up_fails_before_taking_the_children_hands_back() {
+    a_start_up_failure_hands_back_with_every_child("state");
+}
+
+#[test]
+fn a_version_whose_start_up_fails_after_taking_the_children_hands_back() {
+    a_start_up_failure_hands_back_with_every_child("workers");
+}
+
+#[test]
+fn a_version_the_manager_turns_away_hands_back_at_once() {
+    let peer = peer();
+    let manager = FakeManager::start();
+    manager.set_script(|seen| {
+        if seen.path == "/v1/agent/register" && seen.body["agent_version"] == PEER_VERSION {
+            Reply::status(401)
+        } else {
+            common::default_reply(seen)
+        }
+    });
+    let agent = Agent::with_manager(&manager, &[("OUTPOST_COLLECTOR_CMD", SH)]);
+    manager.hand_out(collector("c-k"));
+    manager.wait_state("c-k", "running", 20 * SECOND);
+    let collector_pids = collector_of(&agent, "c-k");
+    manager.hand_out(update_task("up-key", peer, PEER_VERSION));
+    let failed = manager.wait_state("up-key", "failed", 40 * SECOND);
+    assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("registration failed") && message.contains("HTTP 401"),
+        "{message}"
+    );
+    // Not an exit 78 that systemd would leave down: the previous version
+    // runs on, registered again, with its children.
+    assert_eq!(status_of(&agent)["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(collector_of(&agent, "c-k"), collector_pids);
+    assert_eq!(
+        registrations(&manager).last().unwrap()["agent_version"],
+        env!("CARGO_PKG_VERSION")
     );
 }
 

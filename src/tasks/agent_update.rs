@@ -135,6 +135,9 @@ pub(super) enum Phase {
         from: Program,
         to: Program,
         since: Instant,
+        /// Its start-up failed after the children were taken over: it
+        /// hands back at once, for this reason.
+        failed: Option<String>,
     },
     /// Ready; probation runs (`Tasks::probation_until`).
     Probation,
@@ -452,10 +455,14 @@ impl Tasks {
         match handover.rollback.clone() {
             // This is the previous program again: the update failed.
             Some(why) => {
-                let stderr = programs::tail_of(
-                    &programs::trial_stderr_path(&self.settings.state_dir),
-                    crate::supervisor::STDERR_TAIL_BYTES,
-                );
+                let written = handover.trial_stderr.take().unwrap_or_default();
+                let from = written
+                    .len()
+                    .saturating_sub(crate::supervisor::STDERR_TAIL_BYTES);
+                let from = (from..=written.len())
+                    .find(|i| written.is_char_boundary(*i))
+                    .unwrap_or(written.len());
+                let stderr = written[from..].to_string();
                 let mut record = programs::load(&self.settings.state_dir);
                 if !record.failed.contains(&handover.to.sha256) {
                     record.failed.push(handover.to.sha256.clone());
@@ -487,6 +494,7 @@ impl Tasks {
                         from: handover.from.clone(),
                         to: handover.to.clone(),
                         since: now,
+                        failed: None,
                     },
                 });
             }
@@ -536,17 +544,41 @@ impl Tasks {
         match self.updating.as_ref()? {
             Updating {
                 id,
-                phase: Phase::Trial { from, to, since },
-            } if since.elapsed() >= programs::READY_WITHIN => Some((
-                format!(
-                    "not ready (registered) within {}s",
-                    programs::READY_WITHIN.as_secs()
-                ),
-                id.clone(),
-                from.clone(),
-                to.clone(),
-            )),
+                phase:
+                    Phase::Trial {
+                        from,
+                        to,
+                        since,
+                        failed,
+                    },
+            } => {
+                let why = match failed {
+                    Some(why) => why.clone(),
+                    None if since.elapsed() >= programs::READY_WITHIN => format!(
+                        "not ready (registered) within {}s",
+                        programs::READY_WITHIN.as_secs()
+                    ),
+                    None => return None,
+                };
+                Some((why, id.clone(), from.clone(), to.clone()))
+            }
             _ => None,
+        }
+    }
+
+    /// This image, on trial, cannot take over (`why`): it hands back at
+    /// the next [`rollback_due`](Self::rollback_due). False when it is not
+    /// on trial.
+    pub fn cannot_take_over(&mut self, why: String) -> bool {
+        match self.updating.as_mut() {
+            Some(Updating {
+                phase: Phase::Trial { failed, .. },
+                ..
+            }) => {
+                *failed = Some(why);
+                true
+            }
+            _ => false,
         }
     }
 
