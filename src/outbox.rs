@@ -18,6 +18,10 @@
 //! Memory stays bounded while the manager is gone for days: updates are
 //! held in memory only up to [`MEMORY_BUDGET`] bytes; the rest are read
 //! back from their files when their turn comes.
+//!
+//! An entry that cannot be read is moved to `outbox/corrupt/` for an
+//! operator to look at; the newest [`MAX_CORRUPT`] are kept there, so a
+//! disk that keeps tearing writes cannot fill the state directory with them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -34,6 +38,8 @@ use crate::update::Update;
 
 /// Pending updates past which claiming stops.
 pub const LIMIT: usize = 10_000;
+/// How many unreadable entries `outbox/corrupt/` keeps (the newest).
+pub const MAX_CORRUPT: usize = 1000;
 /// Bytes of pending updates held in memory; past it they wait on disk only.
 pub const MEMORY_BUDGET: usize = 4 * 1024 * 1024;
 
@@ -124,6 +130,7 @@ impl Outbox {
                 _ => set_aside(&dir, &path, &name),
             }
         }
+        crate::spool::prune_rejected(&dir.join("corrupt"), MAX_CORRUPT);
         inner.next = inner.entries.keys().next_back().map_or(1, |n| n + 1);
         Ok(Outbox {
             dir,
@@ -253,6 +260,7 @@ impl Outbox {
                         let path = self.entry_path(n);
                         if path.exists() {
                             set_aside(&self.dir, &path, &format!("{n:020}.json"));
+                            crate::spool::prune_rejected(&self.dir.join("corrupt"), MAX_CORRUPT);
                         }
                     }
                     None => {}
@@ -474,6 +482,23 @@ mod tests {
         }
         assert!(outbox.is_empty());
         assert_eq!(outbox.held_bytes(), 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unreadable_entries_set_aside_do_not_pile_up_without_bound() {
+        let d = dir("corrupt-bound");
+        std::fs::create_dir_all(d.join("outbox/corrupt")).unwrap();
+        for n in 0..MAX_CORRUPT + 5 {
+            std::fs::write(d.join(format!("outbox/corrupt/{n:020}.json")), b"{torn").unwrap();
+        }
+        std::fs::write(d.join("outbox/00000000000000099999.json"), b"{torn").unwrap();
+        let outbox = Outbox::open(&d).unwrap();
+        assert!(outbox.is_empty());
+        let kept = std::fs::read_dir(d.join("outbox/corrupt")).unwrap().count();
+        assert_eq!(kept, MAX_CORRUPT);
+        // The newest (just set aside) is among those kept.
+        assert!(d.join("outbox/corrupt/00000000000000099999.json").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
