@@ -14,14 +14,18 @@
 //!   that program has run its probation (10 minutes from readiness) or
 //!   stopped cleanly. A trial found at a start that did not come through a
 //!   handover means the new program died: it is marked failed and the
-//!   previous one runs.
+//!   previous one runs. What is known of how it ended comes from
+//!   `<state>/last-exit`, which the unit's `ExecStopPost=` writes after
+//!   every stop of the process (`$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS`);
+//!   every start reads and removes it, so it only ever describes the most
+//!   recent stop, and it is untrusted input (bounded, sanitised).
 //! - The installed program runs a kept program only when that one is
 //!   strictly newer and has not failed; an operator installing a newer
 //!   program by hand therefore wins.
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -42,6 +46,10 @@ pub const PROBATION: Duration = Duration::from_secs(600);
 const TRY_WITHIN: Duration = Duration::from_secs(10);
 /// How much of a program's output a report carries.
 const OUTPUT_TAIL: usize = 4096;
+/// The most of `last-exit` that is read: systemd writes three short words.
+const LAST_EXIT_MAX: u64 = 256;
+/// The most of one of its words that a message shows.
+const LAST_EXIT_WORD: usize = 32;
 
 /// A kept (or the installed) program.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,6 +170,128 @@ fn record_path(state_dir: &Path) -> PathBuf {
 /// a program that dies at start leaves its words behind.
 pub fn trial_stderr_path(state_dir: &Path) -> PathBuf {
     dir(state_dir).join("trial-stderr.log")
+}
+
+/// `<state>/last-exit`: how the agent's process last ended, one line
+/// `$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS` written by the unit's
+/// `ExecStopPost=` (systemd/outpost.service). The path is the unit's too.
+pub fn last_exit_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("last-exit")
+}
+
+/// How the previous process of the agent ended, as far as is known.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ending {
+    /// No `last-exit`: the agent was not run by systemd with the unit's
+    /// `ExecStopPost=` (by hand, an older unit), or the machine went down
+    /// before systemd could record anything.
+    NotRecorded,
+    /// A `last-exit` that cannot be read or makes no sense: why, in words.
+    Unreadable(String),
+    /// systemd's three words, sanitised; a missing one is empty.
+    Recorded {
+        result: String,
+        code: String,
+        status: String,
+    },
+}
+
+impl Ending {
+    /// Reads and removes `last-exit`: whatever this start makes of it, the
+    /// next one must not take it for its own stop.
+    pub fn take(state_dir: &Path) -> Ending {
+        let path = last_exit_path(state_dir);
+        let mut bytes = Vec::new();
+        // Neither a symbolic link nor a FIFO may stall or redirect the start.
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&path)
+            .and_then(|f| f.take(LAST_EXIT_MAX).read_to_end(&mut bytes));
+        let ending = match read {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ending::NotRecorded,
+            Err(e) => Ending::Unreadable(format!("{}: {e}", path.display())),
+            Ok(_) => Ending::parse(&String::from_utf8_lossy(&bytes)),
+        };
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::warn!("cannot remove {}: {e}", path.display());
+        }
+        ending
+    }
+
+    /// The file's first line: up to three words; anything else is shown
+    /// as it is, sanitised.
+    pub fn parse(text: &str) -> Ending {
+        let line = text.lines().next().unwrap_or_default();
+        let mut words = line.split_whitespace().map(sanitise);
+        let Some(result) = words.next() else {
+            return Ending::Unreadable("last-exit is empty".to_string());
+        };
+        Ending::Recorded {
+            result,
+            code: words.next().unwrap_or_default(),
+            status: words.next().unwrap_or_default(),
+        }
+    }
+}
+
+/// A word from `last-exit` as a message may show it: printable ASCII of
+/// the kinds systemd's words are made of, at most [`LAST_EXIT_WORD`]
+/// characters; anything else is `?`.
+fn sanitise(word: &str) -> String {
+    let mut out: String = word
+        .chars()
+        .take(LAST_EXIT_WORD)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.+".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if word.chars().count() > LAST_EXIT_WORD {
+        out.push_str("...");
+    }
+    out
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::NotRecorded => f.write_str(
+                "its exit status is not known (the agent was not run by systemd with the \
+                 unit's ExecStopPost=, or the machine went down)",
+            ),
+            Ending::Unreadable(why) => write!(f, "its exit status is not known ({why})"),
+            Ending::Recorded {
+                result,
+                code,
+                status,
+            } => {
+                // systemd names signals without "SIG"; a word that has it
+                // anyway reads the same.
+                let signal = status.strip_prefix("SIG").unwrap_or(status);
+                match (result.as_str(), code.as_str()) {
+                    ("watchdog", _) => write!(f, "killed by systemd's watchdog (signal {signal})"),
+                    ("oom-kill", _) => write!(f, "killed by the kernel's OOM killer"),
+                    (_, "exited") => write!(f, "exited with status {status}"),
+                    (_, "killed") => write!(f, "killed by signal {signal}"),
+                    (_, "dumped") => write!(f, "dumped core on signal {signal}"),
+                    _ => write!(
+                        f,
+                        "it ended as systemd recorded it: {}",
+                        [result, code, status]
+                            .iter()
+                            .filter(|w| !w.is_empty())
+                            .map(|w| w.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// The record; a missing or unreadable one is an empty one (an unreadable
@@ -404,8 +534,12 @@ pub fn tail_of(path: &Path, max: usize) -> String {
 /// the kept program to run instead of this one, if any: the current one
 /// when it is strictly newer than this program and has not failed.
 /// `handed_over` is true when this image came through a handover, which
-/// owns the trial then.
+/// owns the trial then. Reads and removes `last-exit` at every start; the
+/// report of a dead trial says what it tells.
 pub fn at_start(state_dir: &Path, handed_over: bool) -> Option<Program> {
+    // Taken at every start, needed or not, so that it never outlives the
+    // stop it describes.
+    let ending = Ending::take(state_dir);
     let path = record_path(state_dir);
     if !path.exists() {
         return None;
@@ -421,7 +555,7 @@ pub fn at_start(state_dir: &Path, handed_over: bool) -> Option<Program> {
         }
         let stderr = tail_of(&trial_stderr_path(state_dir), OUTPUT_TAIL);
         let message = format!(
-            "version {} ended within its first {} minutes ({}); version {} runs again",
+            "version {} ended within its first {} minutes ({}): {ending}; version {} runs again",
             trial.to.version,
             PROBATION.as_secs() / 60,
             if trial.ready {
@@ -501,14 +635,24 @@ mod tests {
         // Handed over: the trial is the new image's; nothing to run instead.
         assert_eq!(at_start(&dir, true), None);
         assert!(load(&dir).trial.is_some());
-        // A plain start: the new program died.
+        // A plain start: the new program died, and systemd said how.
+        std::fs::write(last_exit_path(&dir), "exit-code exited 1\n").unwrap();
         assert_eq!(at_start(&dir, false), None);
+        assert!(!last_exit_path(&dir).exists());
         let after = load(&dir);
         assert_eq!(after.trial, None);
         assert_eq!(after.failed, ["bad"]);
         let report = after.report.unwrap();
         assert_eq!(report.task_id, "t-up");
         assert_eq!(report.stderr_tail.as_deref(), Some("boom\n"));
+        assert!(
+            report.message.starts_with(
+                "version 99.0.0 ended within its first 10 minutes (before it was ready): \
+                 exited with status 1; version "
+            ),
+            "{}",
+            report.message
+        );
         // This image is the one on trial, without its handover: the
         // previous program runs at once.
         let previous = dir.join("programs/1.0.0-p");
@@ -527,6 +671,104 @@ mod tests {
         });
         save(&dir, &record).unwrap();
         assert_eq!(at_start(&dir, false).map(|p| p.path), Some(previous));
+        // Nothing recorded how it ended.
+        assert!(
+            load(&dir)
+                .report
+                .unwrap()
+                .message
+                .contains("(after it was ready): its exit status is not known ("),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn said(line: &str) -> String {
+        Ending::parse(line).to_string()
+    }
+
+    #[test]
+    fn each_ending_is_said_in_plain_words() {
+        assert_eq!(said("exit-code exited 1\n"), "exited with status 1");
+        assert_eq!(said("success exited 0"), "exited with status 0");
+        assert_eq!(said("signal killed SEGV\n"), "killed by signal SEGV");
+        assert_eq!(said("signal killed SIGKILL"), "killed by signal KILL");
+        assert_eq!(said("core-dump dumped ABRT"), "dumped core on signal ABRT");
+        assert_eq!(
+            said("watchdog dumped ABRT"),
+            "killed by systemd's watchdog (signal ABRT)"
+        );
+        assert_eq!(
+            said("oom-kill killed KILL"),
+            "killed by the kernel's OOM killer"
+        );
+        // Words this code does not know are shown as they are.
+        assert_eq!(
+            said("resources"),
+            "it ended as systemd recorded it: resources"
+        );
+        assert_eq!(
+            said("novel vanished 7"),
+            "it ended as systemd recorded it: novel vanished 7"
+        );
+        // ... but never as more than a short line of plain characters.
+        assert_eq!(
+            said("exit-code exited 1;rm\u{1b}[2J\u{e9}"),
+            "exited with status 1?rm??2J?"
+        );
+        let long = said(&format!("x {} 1", "y".repeat(500)));
+        assert_eq!(
+            long,
+            format!("it ended as systemd recorded it: x {}... 1", "y".repeat(32))
+        );
+        assert!(said("").starts_with("its exit status is not known (last-exit is empty"));
+        assert!(said(" \n exit-code exited 1").contains("is empty"));
+        assert!(
+            Ending::NotRecorded
+                .to_string()
+                .starts_with("its exit status is not known (the agent was not run by systemd")
+        );
+    }
+
+    #[test]
+    fn last_exit_is_read_bounded_and_removed_at_every_take() {
+        let dir = std::env::temp_dir().join(format!("outpost-last-exit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = last_exit_path(&dir);
+        assert_eq!(Ending::take(&dir), Ending::NotRecorded);
+        std::fs::write(&path, "signal killed SEGV\n").unwrap();
+        assert_eq!(
+            Ending::take(&dir),
+            Ending::Recorded {
+                result: "signal".into(),
+                code: "killed".into(),
+                status: "SEGV".into()
+            }
+        );
+        assert!(!path.exists());
+        assert_eq!(Ending::take(&dir), Ending::NotRecorded);
+        // A huge file with no line break: only its start is read.
+        let mut huge = b"exit-code exited 3".to_vec();
+        huge.extend(std::iter::repeat_n(b'9', 1 << 20));
+        std::fs::write(&path, &huge).unwrap();
+        match Ending::take(&dir) {
+            Ending::Recorded { status, .. } => {
+                assert_eq!(status, format!("3{}...", "9".repeat(31)))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not UTF-8; then not a file at all.
+        std::fs::write(&path, b"exit-code \xff\xfe 1").unwrap();
+        assert_eq!(
+            Ending::take(&dir).to_string(),
+            "it ended as systemd recorded it: exit-code ?? 1"
+        );
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        assert!(matches!(Ending::take(&dir), Ending::Unreadable(_)));
+        assert!(std::fs::symlink_metadata(&path).is_err());
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(matches!(Ending::take(&dir), Ending::Unreadable(_)));
+        assert!(std::fs::symlink_metadata(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -274,6 +274,54 @@ fn unit_keeps_the_agent_contract() {
     assert_eq!(one("SystemCallErrorNumber"), "EPERM");
 }
 
+/// Section 4.3: the unit's `ExecStopPost=` records how the agent ended in
+/// the file, and the words, that the agent's next start reads. Run here as
+/// systemd would run it: `$$` is a `$`, `-` only says a failure is ignored.
+#[test]
+fn unit_records_how_the_agent_ended_where_and_as_the_agent_reads_it() {
+    let unit = read(UNIT);
+    let lines = unit_values(&unit, "ExecStopPost");
+    assert_eq!(lines.len(), 1, "ExecStopPost= must be set once: {lines:?}");
+    let raw = lines[0]
+        .strip_prefix('-')
+        .expect("ExecStopPost=- (never fails the unit)");
+    // No variable or specifier left for systemd itself to expand.
+    assert!(!raw.replace("$$", "").contains('$'), "{raw}");
+    assert!(!raw.replace("%%", "").contains('%'), "{raw}");
+    let script = raw
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|r| r.strip_suffix('\''))
+        .expect("ExecStopPost=-/bin/sh -c '...'")
+        .replace("$$", "$");
+    let installed = outpost::programs::last_exit_path(Path::new("/var/lib/outpost"));
+    let installed = installed.to_str().unwrap();
+    assert!(
+        script.contains(installed),
+        "{script} must write {installed}"
+    );
+    let dir = TempDir::new("last-exit");
+    let here = outpost::programs::last_exit_path(dir.path());
+    let script = script.replace(installed, here.to_str().unwrap());
+    for (vars, said) in [
+        (["exit-code", "exited", "1"], "exited with status 1"),
+        (["signal", "killed", "SEGV"], "killed by signal SEGV"),
+        (
+            ["watchdog", "dumped", "ABRT"],
+            "killed by systemd's watchdog (signal ABRT)",
+        ),
+    ] {
+        let out = run(Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env("SERVICE_RESULT", vars[0])
+            .env("EXIT_CODE", vars[1])
+            .env("EXIT_STATUS", vars[2]));
+        assert!(out.status.success(), "{}", text(&out));
+        let ending = outpost::programs::Ending::take(dir.path());
+        assert_eq!(ending.to_string(), said);
+        assert!(!here.exists());
+    }
+}
+
 /// Section 4.2: the unit delegates exactly the controllers the limits need,
 /// leaves /sys/fs/cgroup writable (ProtectControlGroups=yes makes it
 /// read-only on systemd 252), survives a task's OOM kill, and lets systemd

@@ -338,20 +338,27 @@ fn a_version_that_dies_at_start_is_rolled_back_with_its_stderr() {
     // The process is the script now, and it dies.
     let status = agent.wait_exit(30 * SECOND);
     assert_eq!(status.code(), Some(1));
-    // systemd would start the agent again; here the test does.
+    // systemd would record how it ended (the unit's ExecStopPost=) and
+    // start the agent again; here the test does both.
+    std::fs::write(agent.state_dir().join("last-exit"), "exit-code exited 1\n").unwrap();
     let state = std::mem::replace(&mut agent.state, TempDir::new("unused"));
-    let again = Agent::start_in(
-        state,
-        &[
-            ("OUTPOST_MANAGER_URL", manager.base.as_str()),
-            ("OUTPOST_AGENT_KEY", common::KEY),
-            ("OUTPOST_HEARTBEAT_INTERVAL", "200ms"),
-            ("OUTPOST_COLLECTOR_CMD", SH),
-        ],
-        &[],
-    );
+    let env = [
+        ("OUTPOST_MANAGER_URL", manager.base.as_str()),
+        ("OUTPOST_AGENT_KEY", common::KEY),
+        ("OUTPOST_HEARTBEAT_INTERVAL", "200ms"),
+        ("OUTPOST_COLLECTOR_CMD", SH),
+    ];
+    let mut again = Agent::start_in(state, &env, &[]);
     let failed = manager.wait_state("up-dies", "failed", 30 * SECOND);
     assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(before it was ready): exited with status 1; version"),
+        "{failed}"
+    );
+    assert!(!again.state_dir().join("last-exit").exists());
     assert!(
         failed["stderr_tail"]
             .as_str()
@@ -374,6 +381,33 @@ fn a_version_that_dies_at_start_is_rolled_back_with_its_stderr() {
         "{record}"
     );
     assert_eq!(record["failed"].as_array().unwrap().len(), 1, "{record}");
+    // Once more, restarted the way nothing records how it ended (not by
+    // systemd, or by an older unit): the report says so. The task goes
+    // out after the new instance's second claim: the dead process's long
+    // poll, which the manager holds for up to a second, would take it.
+    manager.wait_for("two claims of the new instance", 20 * SECOND, |seen| {
+        let registered = seen
+            .iter()
+            .rposition(|s| s.path == "/v1/agent/register")
+            .unwrap_or(0);
+        seen[registered..]
+            .iter()
+            .filter(|s| s.path == "/v1/agent/tasks/claim")
+            .count()
+            >= 2
+    });
+    manager.hand_out(update_task("up-dies-2", &dies, "7.0.0"));
+    assert_eq!(again.wait_exit(30 * SECOND).code(), Some(1));
+    let state = std::mem::replace(&mut again.state, TempDir::new("unused"));
+    let _third = Agent::start_in(state, &env, &[]);
+    let failed = manager.wait_state("up-dies-2", "failed", 30 * SECOND);
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(before it was ready): its exit status is not known ("),
+        "{failed}"
+    );
 }
 
 #[test]

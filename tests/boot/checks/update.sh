@@ -5,8 +5,11 @@
 # the new version registers and reports the task succeeded. The unit's
 # sandbox lets the agent run what the update kept in programs/ and nothing
 # else it can write. A restart from the installed program runs the updated
-# one. The second build comes in extra/outpost-next (.ci/boot builds it
-# with a higher OUTPOST_BUILD_VERSION).
+# one. A new version that dies by a signal brings the unit down; systemd
+# restarts it, the previous version runs again and the task fails naming
+# the signal (recorded by the unit's ExecStopPost=). The second build comes
+# in extra/outpost-next (.ci/boot builds it with a higher
+# OUTPOST_BUILD_VERSION).
 #   OUTPOST_BOOT_EXTRA=DIR tests/boot/run fast tests/boot/checks/update.sh
 set -u
 # shellcheck source=tests/boot/guest/lib.sh
@@ -115,4 +118,51 @@ fi
 spool up-col-stop '{"id":"up-col-stop","type":"collector_stop","payload":{"name":"up-col"}}'
 wait_result up-col-stop succeeded 60 >/dev/null 2>&1 || true
 info "update: journal: $(journalctl -b -u outpost --no-pager -o cat 2>&1 | grep -iE 'update|hand' | tail -n 6 | tr '\n' ';' | cut -c1-600)"
+
+# --- a new version that dies by a signal in its first minutes ------------------------
+# (after the checks above, which it must not disturb) It takes the process
+# down; the unit's ExecStopPost= records how in $STATE/last-exit, systemd
+# starts the unit again, the installed program settles the trial and the
+# version that ran before runs again, and the task fails naming the signal.
+cat >/run/outpost-update/dies <<'EOF'
+#!/bin/sh
+for a in "$@"; do
+    case "$a" in
+    --version) echo "outpost 99.0.0"; exit 0 ;;
+    --check-config) echo ok; exit 0 ;;
+    esac
+done
+echo "dies-by-signal: about to crash" >&2
+kill -s SEGV $$
+EOF
+chmod 0755 /run/outpost-update/dies
+sha=$(sha256sum /run/outpost-update/dies | cut -d' ' -f1)
+main=$(unit_prop outpost MainPID)
+restarts=$(unit_prop outpost NRestarts)
+spool up-dies "{\"id\":\"up-dies\",\"type\":\"agent_update\",\"payload\":{\"path\":\"/run/outpost-update/dies\",\"sha256\":\"$sha\",\"version\":\"99.0.0\"}}"
+if wait_result up-dies failed 180 >/tmp/up.why 2>&1; then
+    why=$(result_error up-dies)
+    kind=$(json "$STATE/results/up-dies.json" '(j.get("error") or {}).get("kind")')
+    case "$kind: $why" in
+    "update_failed: "*"signal SEGV"*dies-by-signal*) pass update-dies-by-signal-reported "$why" ;;
+    *) fail update-dies-by-signal-reported "$kind: $why" ;;
+    esac
+else
+    fail update-dies-by-signal-reported "$(cat /tmp/up.why); last-exit: $(cat "$STATE/last-exit" 2>&1)"
+    journal_tail 30
+fi
+# shellcheck disable=SC2317
+restarted_as_before() {
+    outpost_active || { echo "outpost is $(unit_prop outpost ActiveState)"; return 1; }
+    [ "$(unit_prop outpost NRestarts)" -gt "$restarts" ] || { echo "NRestarts $(unit_prop outpost NRestarts), was $restarts"; return 1; }
+    [ "$(unit_prop outpost MainPID)" != "$main" ] || { echo "MainPID is still $main"; return 1; }
+    [ "$(status_version)" = "$version" ] || { echo "/status says $(status_version 2>&1), want $version"; return 1; }
+    [ ! -e "$STATE/last-exit" ] || { echo "$STATE/last-exit is still there: $(cat "$STATE/last-exit")"; return 1; }
+}
+if wait_for 120 restarted_as_before; then
+    pass update-dies-previous-runs-again "$version as MainPID $(unit_prop outpost MainPID), NRestarts $(unit_prop outpost NRestarts)"
+else
+    fail update-dies-previous-runs-again "$(restarted_as_before 2>&1)"
+    journal_tail 20
+fi
 [ "$FAILED" -eq 0 ]
