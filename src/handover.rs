@@ -204,44 +204,37 @@ pub fn take_own(state_dir: &Path) -> Option<Handover> {
 fn read(state_dir: &Path, remove_any: bool) -> Option<Handover> {
     let path = path(state_dir);
     let bytes = std::fs::read(&path).ok()?;
-    let own = |h: &Handover| {
-        h.format == FORMAT
-            && h.pid == std::process::id() as i32
-            && h.start_ticks == own_start_ticks()
-    };
-    if !remove_any {
-        let parsed = serde_json::from_slice::<Value>(&bytes).ok();
-        if !parsed
-            .and_then(|v| Handover::from_json(&v))
-            .is_some_and(|h| own(&h))
-        {
-            return None;
-        }
-    }
-    let _ = std::fs::remove_file(&path);
-    let _ = crate::state::sync_dir(state_dir);
     let parsed = serde_json::from_slice::<Value>(&bytes)
         .map_err(|e| e.to_string())
         .and_then(|v| Handover::from_json(&v).ok_or_else(|| "a field is missing".into()));
-    let handover = match parsed {
-        Ok(h) => h,
+    let own = parsed.as_ref().is_ok_and(|h| {
+        h.format == FORMAT
+            && h.pid == std::process::id() as i32
+            && h.start_ticks == own_start_ticks()
+    });
+    if !own && !remove_any {
+        return None;
+    }
+    let _ = std::fs::remove_file(&path);
+    let _ = crate::state::sync_dir(state_dir);
+    match parsed {
+        Ok(h) if own => Some(h),
+        Ok(h) => {
+            log::warn!(
+                "{}: left by another process (pid {}); recovering as after a crash",
+                path.display(),
+                h.pid
+            );
+            None
+        }
         Err(e) => {
             log::error!(
                 "{}: unreadable ({e}); recovering as after a crash",
                 path.display()
             );
-            return None;
+            None
         }
-    };
-    if !own(&handover) {
-        log::warn!(
-            "{}: left by another process (pid {}); recovering as after a crash",
-            path.display(),
-            handover.pid
-        );
-        return None;
     }
-    Some(handover)
 }
 
 /// Writes the handover file and execs `program` with this process's own
