@@ -524,7 +524,11 @@ pub fn prune(state_dir: &Path, keep: &[&Path]) {
 
 /// The last `max` bytes of a file, as text.
 pub fn tail_of(path: &Path, max: usize) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
+    tail_text(&std::fs::read(path).unwrap_or_default(), max)
+}
+
+/// The last `max` bytes, as text.
+pub fn tail_text(bytes: &[u8], max: usize) -> String {
     let from = bytes.len().saturating_sub(max);
     String::from_utf8_lossy(&bytes[from..]).into_owned()
 }

@@ -455,14 +455,10 @@ impl Tasks {
         match handover.rollback.clone() {
             // This is the previous program again: the update failed.
             Some(why) => {
-                let written = handover.trial_stderr.take().unwrap_or_default();
-                let from = written
-                    .len()
-                    .saturating_sub(crate::supervisor::STDERR_TAIL_BYTES);
-                let from = (from..=written.len())
-                    .find(|i| written.is_char_boundary(*i))
-                    .unwrap_or(written.len());
-                let stderr = written[from..].to_string();
+                let stderr = programs::tail_text(
+                    handover.trial_stderr.take().unwrap_or_default().as_bytes(),
+                    crate::supervisor::STDERR_TAIL_BYTES,
+                );
                 let mut record = programs::load(&self.settings.state_dir);
                 if !record.failed.contains(&handover.to.sha256) {
                     record.failed.push(handover.to.sha256.clone());
