@@ -178,7 +178,6 @@ pub fn run(config: Config) -> Result<i32> {
         Some(_) => Some(or_hand_back!(Manager::new(&config, tls.clone()))),
         None => None,
     };
-    let heartbeat_state = or_hand_back!(StateDir::open(&config.state_dir));
     or_hand_back!(crate::handover::broken_start("state"));
     let iperf3_version = crate::supervisor::iperf3_version(&config.iperf3);
     let tasks = Tasks::open(
@@ -210,10 +209,6 @@ pub fn run(config: Config) -> Result<i32> {
     let mut tasks = or_hand_back!(tasks);
     // From here the children are this image's: a start-up failure hands
     // them back through the table, as a handover that timed out does.
-    let trial = handover
-        .as_ref()
-        .filter(|h| h.rollback.is_none())
-        .map(|h| (h.update_task_id.clone(), h.from.clone(), h.to.clone()));
     let mut update = UpdateContext {
         state_dir: state.root().to_path_buf(),
         listener: listener_fd,
@@ -223,7 +218,7 @@ pub fn run(config: Config) -> Result<i32> {
         ($result:expr) => {
             match $result {
                 Ok(value) => value,
-                Err(e) => return Err(update.start_failed(&mut tasks, &inbox, trial, e)),
+                Err(e) => return Err(update.start_failed(&mut tasks, &inbox, e)),
             }
         };
     }
@@ -275,7 +270,7 @@ pub fn run(config: Config) -> Result<i32> {
         let heartbeat = Heartbeat {
             manager: manager.clone(),
             telemetry: telemetry.clone(),
-            state: heartbeat_state,
+            state: state.clone(),
             events: events.clone(),
             stop: stop.clone(),
             capabilities: capabilities_of(&config, iperf3_version.clone(), has_cgroups),
@@ -571,27 +566,22 @@ impl UpdateContext {
     /// start-up failure of an image on trial hands them back through the
     /// table. Returns `error` when this image is not on trial or handing
     /// back failed; the process then exits with it.
-    fn start_failed(
-        &mut self,
-        tasks: &mut Tasks,
-        inbox: &Receiver<Event>,
-        trial: Option<(String, crate::programs::Program, crate::programs::Program)>,
-        error: Error,
-    ) -> Error {
-        let Some((id, from, to)) = trial else {
+    fn start_failed(&mut self, tasks: &mut Tasks, inbox: &Receiver<Event>, error: Error) -> Error {
+        if !tasks.cannot_take_over(format!("its start-up failed: {error}")) {
             return error;
-        };
-        let why = format!("its start-up failed: {error}");
-        loop {
-            match self.hand_back(tasks, inbox, &id, why.clone(), from.clone(), to.clone()) {
+        }
+        while let Some((why, id, from, to)) = tasks.rollback_due() {
+            match self.hand_back(tasks, inbox, &id, why, from, to) {
                 // Recorded by this image first, as the main loop would.
                 Some(Event::ChildExited(exit)) => tasks.on_exit(exit),
                 // Nothing else needs this image: the claim thread starts
                 // last, a spool file stays in inbox/ for the next image.
                 Some(_) => {}
-                None => return error,
+                // Handing back failed; the update has failed with why.
+                None => break,
             }
         }
+        error
     }
 
     /// Pauses the supervisor with every child exported. An event already

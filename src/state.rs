@@ -142,6 +142,7 @@ pub struct Identity {
     pub agent_id: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct StateDir {
     root: PathBuf,
 }
