@@ -748,20 +748,21 @@ fn outbox_rate(rows: &mut Vec<Row>) {
     );
 }
 
+/// An agent for 200 collectors: each a shell script, room for all of them,
+/// 1 s heartbeats.
+const MANY_COLLECTORS: &[(&str, &str)] = &[
+    ("OUTPOST_COLLECTOR_CMD", "/bin/sh {config}"),
+    ("OUTPOST_MAX_TASKS", "256"),
+    ("OUTPOST_HEARTBEAT_INTERVAL", "1s"),
+];
+
 /// 200 supervised collectors (each a cheap `sleep`): the agent's CPU and
 /// memory at steady state, heartbeat punctuality, and how long a
 /// collector_start takes to be reported `running` beyond its 2 s hold.
 fn collectors_steady_state(rows: &mut Vec<Row>, soak_s: u64) {
     const N: usize = 200;
     let manager = FakeManager::start();
-    let agent = Agent::with_manager(
-        &manager,
-        &[
-            ("OUTPOST_COLLECTOR_CMD", "/bin/sh {config}"),
-            ("OUTPOST_MAX_TASKS", "256"),
-            ("OUTPOST_HEARTBEAT_INTERVAL", "1s"),
-        ],
-    );
+    let agent = Agent::with_manager(&manager, MANY_COLLECTORS);
     manager.wait_for("the first claim", Duration::from_secs(10), |s| {
         s.iter().any(|s| s.path == "/v1/agent/tasks/claim")
     });
@@ -919,14 +920,7 @@ fn handover(rows: &mut Vec<Row>) {
         .unwrap_or_default();
     for n in [0usize, 200] {
         let manager = FakeManager::start();
-        let agent = Agent::with_manager(
-            &manager,
-            &[
-                ("OUTPOST_COLLECTOR_CMD", "/bin/sh {config}"),
-                ("OUTPOST_MAX_TASKS", "256"),
-                ("OUTPOST_HEARTBEAT_INTERVAL", "1s"),
-            ],
-        );
+        let agent = Agent::with_manager(&manager, MANY_COLLECTORS);
         for i in 0..n {
             manager.hand_out(json!({"id": format!("hc-{i}"), "type": "collector_start",
                 "payload": {"name": format!("h{i}"), "config": "exec sleep 3600\n"}}));

@@ -410,23 +410,31 @@ fn a_version_that_dies_at_start_is_rolled_back_with_its_stderr() {
     );
 }
 
-#[test]
-fn a_version_that_never_gets_ready_hands_back_with_every_child_and_its_stderr() {
-    let peer = peer();
+/// An agent with collector `id` running, and a manager that answers the
+/// peer build's registrations with `status`: the agent, its manager and
+/// the collector's pids.
+fn peer_registration_answered(status: u16, id: &str) -> (FakeManager, Agent, Vec<i32>) {
     let manager = FakeManager::start();
-    // The manager turns the new version away, so it never registers.
-    manager.set_script(|seen| {
+    manager.set_script(move |seen| {
         if seen.path == "/v1/agent/register" && seen.body["agent_version"] == PEER_VERSION {
-            Reply::status(503)
+            Reply::status(status)
         } else {
             common::default_reply(seen)
         }
     });
     let agent = Agent::with_manager(&manager, &[("OUTPOST_COLLECTOR_CMD", SH)]);
+    manager.hand_out(collector(id));
+    manager.wait_state(id, "running", 20 * SECOND);
+    let pids = collector_of(&agent, id);
+    (manager, agent, pids)
+}
+
+#[test]
+fn a_version_that_never_gets_ready_hands_back_with_every_child_and_its_stderr() {
+    let peer = peer();
+    // The manager turns the new version away, so it never registers.
+    let (manager, agent, collector_pids) = peer_registration_answered(503, "c-n");
     let pid = agent.child.id();
-    manager.hand_out(collector("c-n"));
-    manager.wait_state("c-n", "running", 20 * SECOND);
-    let collector_pids = collector_of(&agent, "c-n");
     manager.hand_out(update_task("up-never", peer, PEER_VERSION));
     let failed = manager.wait_state("up-never", "failed", 120 * SECOND);
     assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
@@ -530,18 +538,7 @@ fn a_version_whose_start_up_fails_after_taking_the_children_hands_back() {
 #[test]
 fn a_version_the_manager_turns_away_hands_back_at_once() {
     let peer = peer();
-    let manager = FakeManager::start();
-    manager.set_script(|seen| {
-        if seen.path == "/v1/agent/register" && seen.body["agent_version"] == PEER_VERSION {
-            Reply::status(401)
-        } else {
-            common::default_reply(seen)
-        }
-    });
-    let agent = Agent::with_manager(&manager, &[("OUTPOST_COLLECTOR_CMD", SH)]);
-    manager.hand_out(collector("c-k"));
-    manager.wait_state("c-k", "running", 20 * SECOND);
-    let collector_pids = collector_of(&agent, "c-k");
+    let (manager, agent, collector_pids) = peer_registration_answered(401, "c-k");
     manager.hand_out(update_task("up-key", peer, PEER_VERSION));
     let failed = manager.wait_state("up-key", "failed", 40 * SECOND);
     assert_eq!(failed["error"]["kind"], "update_failed", "{failed}");
